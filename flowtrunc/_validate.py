@@ -1,0 +1,98 @@
+"""Input validation shared by every public entry point.
+
+Shape and dtype checks are static and run even under `jit`/`vmap`. Value checks (NaN,
+positivity, orthogonality, conditioning, label ranges) run only on concrete arrays: under
+a transformation the solvers report a per-seed result code instead of aborting the batch.
+"""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+
+def is_concrete(*arrays) -> bool:
+    """True when no argument is a JAX tracer (so its values can be inspected)."""
+    return not any(isinstance(a, jax.core.Tracer) for a in arrays)
+
+
+def float_array(name: str, value, *, ndim: int | None = None) -> jax.Array:
+    """Converts `value` to a floating JAX array; rejects integer/bool data and bad rank."""
+    if isinstance(value, jax.core.Tracer):
+        array = value
+    else:
+        try:
+            array = jnp.asarray(value)
+        except (TypeError, ValueError) as exc:
+            raise ValueError(f"`{name}` must be an array of floats, got {type(value)}.") from exc
+    if not jnp.issubdtype(array.dtype, jnp.floating):
+        raise ValueError(
+            f"`{name}` has dtype {array.dtype}, but floats are needed; pass "
+            f"`{name}.astype(float)` (or jnp.float32/jnp.float64)."
+        )
+    if ndim is not None and array.ndim != ndim:
+        raise ValueError(f"`{name}` must have {ndim} dimensions, got shape {array.shape}.")
+    return array
+
+
+def check_finite(name: str, array) -> None:
+    """Rejects NaN and inf in a concrete array."""
+    if is_concrete(array):
+        values = np.asarray(array)
+        if not np.all(np.isfinite(values)):
+            bad = int(np.size(values) - np.count_nonzero(np.isfinite(values)))
+            raise ValueError(
+                f"`{name}` contains {bad} NaN or inf value(s); remove or replace them "
+                "before building the model."
+            )
+
+
+def check_shape(name: str, array, shape: tuple, names: str) -> None:
+    """Checks `array.shape == shape`; `names` spells the expected axes for the message."""
+    if tuple(array.shape) != tuple(shape):
+        raise ValueError(
+            f"`{name}` must have shape ({names}) = {tuple(shape)}, got {tuple(array.shape)}."
+        )
+
+
+def orthogonality_tolerance(dtype, width: int) -> float:
+    """Largest |R^T R - I| entry accepted for a frame of this dtype and width."""
+    return 1000.0 * width * float(jnp.finfo(dtype).eps)
+
+
+def check_orthogonal(name: str, frame) -> None:
+    if is_concrete(frame):
+        matrix = np.asarray(frame, dtype=np.float64)
+        error = float(np.max(np.abs(matrix.T @ matrix - np.eye(matrix.shape[0]))))
+        tol = orthogonality_tolerance(frame.dtype, matrix.shape[0])
+        if error > tol:
+            raise ValueError(
+                f"`{name}` is not orthogonal: max |R^T R - I| = {error:.3g} > {tol:.3g}. "
+                "Orthonormalise it, e.g. `jnp.linalg.qr(frame)[0]`, or draw one with "
+                "`AdaptedReLUNet.random`."
+            )
+
+
+def check_positive(name: str, array) -> None:
+    if is_concrete(array):
+        values = np.asarray(array)
+        if np.any(values <= 0):
+            raise ValueError(
+                f"`{name}` must be strictly positive (found min {values.min():.3g}); the "
+                "adapted weights are positive diagonal matrices."
+            )
+
+
+def check_invertible(name: str, matrices) -> None:
+    """Rejects singular or near-singular square matrices (a stack of them is fine)."""
+    if is_concrete(matrices):
+        stack = np.asarray(matrices, dtype=np.float64).reshape((-1,) + matrices.shape[-2:])
+        limit = 1.0 / (100.0 * float(jnp.finfo(matrices.dtype).eps))
+        for index, matrix in enumerate(stack):
+            cond = np.linalg.cond(matrix)
+            if not np.isfinite(cond) or cond > limit:
+                where = f"{name}[{index}]" if stack.shape[0] > 1 else name
+                raise ValueError(
+                    f"`{where}` is singular or near-singular (condition number {cond:.3g} > "
+                    f"{limit:.3g}); the truncation map needs invertible weights. Perturb "
+                    "it or draw a new one."
+                )
