@@ -1,0 +1,114 @@
+r"""The effective gradient flow of an adapted network (THEORY section 4), explicitly.
+
+Per frame coordinate, with $\theta^{(0)} = 0$, $D^{(0)} = 1$, $d_n = D^{(n)}/D^{(n-1)}$ and
+active layer $\ell^*$, gradient flow on the layer parameters $(d_\ell, b_\ell)$ gives
+
+$$\dot\theta^{(\ell)} = -g\,\Gamma_{\ell\ell^*}, \quad
+\Gamma_{\ell m} = \sum_{n=1}^{\min(\ell,m)} (D^{(n)})^{-2}
+ + (\theta^{(n-1)} - \theta^{(\ell)})(\theta^{(n-1)} - \theta^{(m)})\,d_n^{-2},$$
+
+$$\dot D^{(\ell)} = -g\,D^{(\ell)}\sum_{n=1}^{\min(\ell,\ell^*)}(\theta^{(n-1)} - \theta^*)\,d_n^{-2}.$$
+
+With weights frozen only the $(D^{(n)})^{-2}$ terms remain and $\dot D = 0$. The
+parameterisation is the direct one (gradient flow on $d_\ell$, not on $\log d_\ell$).
+Derivation: docs/theory.md. References: T. Chen, arXiv:2501.07400.
+"""
+
+from typing import NamedTuple
+
+import jax.numpy as jnp
+
+from ._cost import check_data
+from ._custom_types import Array, Float, Int
+from ._data import Dataset
+from ._input_space import thresholds
+from ._network import AdaptedReLUNet
+from ._statistics import count_below, coordinate_stats, cost_gradient, truncated_target_sum
+
+
+def _previous(theta):
+    """`θ^(n-1)` for n = 1..L, with `θ^(0) = 0`."""
+    return jnp.concatenate([jnp.zeros_like(theta[:1]), theta[:-1]], axis=0)
+
+
+def _inverse_square_factors(scales):
+    """`d_n^{-2}` from the cumulative scales `D^(n)`, shape `(L, M)`."""
+    layer = scales / _previous_scales(scales)
+    return layer**-2
+
+
+def _previous_scales(scales):
+    return jnp.concatenate([jnp.ones_like(scales[:1]), scales[:-1]], axis=0)
+
+
+def active_layer(theta: Float[Array, "depth width"]) -> Int[Array, " width"]:
+    """The layer holding the largest threshold, lowest index on ties, `(M,)`."""
+    return jnp.argmax(theta, axis=0).astype(jnp.int32)
+
+
+def gamma_column(theta, scales, active, train_weights: bool):
+    r"""$\Gamma_{\ell,\ell^*}$ for every layer ℓ, shape `(L, M)`; O(L^2 M)."""
+    depth = theta.shape[0]
+    layers = jnp.arange(depth)
+    # mask[l, n, k] = n <= min(l, active_k)   (0-based layer indices)
+    limit = jnp.minimum(layers[:, None], active[None, :])
+    mask = layers[None, :, None] <= limit[:, None, :]
+    terms = jnp.broadcast_to((scales**-2)[None], mask.shape)
+    if train_weights:
+        prev = _previous(theta)
+        theta_star = jnp.take_along_axis(theta, active[None], axis=0)[0]
+        cross = (prev[None] - theta[:, None]) * (prev - theta_star[None])[None]
+        terms = terms + cross * _inverse_square_factors(scales)[None]
+    return jnp.sum(jnp.where(mask, terms, 0.0), axis=1)
+
+
+def effective_velocity(theta, scales, g, active, train_weights: bool):
+    """`(dθ/dt, dD/dt)` for thresholds and cumulative scales `(L, M)` given `g` `(M,)`."""
+    dtheta = -g[None] * gamma_column(theta, scales, active, train_weights)
+    if not train_weights:
+        return dtheta, jnp.zeros_like(scales)
+    depth = theta.shape[0]
+    theta_star = jnp.take_along_axis(theta, active[None], axis=0)[0]
+    below = jnp.arange(depth)[:, None] <= active[None]
+    terms = jnp.where(below, (_previous(theta) - theta_star[None]) * _inverse_square_factors(scales), 0.0)
+    dscales = -g[None] * scales * jnp.cumsum(terms, axis=0)
+    return dtheta, dscales
+
+
+class EffectiveVelocity(NamedTuple):
+    """Time derivatives of the thresholds, cumulative scales and cumulative biases."""
+
+    thresholds: Float[Array, "depth width"]
+    scales: Float[Array, "depth width"]
+    biases: Float[Array, "depth width"]
+
+
+def effective_field(
+    net: AdaptedReLUNet, data: Dataset, *, train_weights: bool = True
+) -> EffectiveVelocity:
+    r"""The effective flow's right-hand side at the state of `net`, in frame coordinates.
+
+    Returns $\dot\theta^{(\ell)}$, $\dot D^{(\ell)}$ and the cumulative-bias velocity
+    $\dot b^{(\ell)} = -(\dot D^{(\ell)}\theta^{(\ell)} + D^{(\ell)}\dot\theta^{(\ell)})$
+    (frame coordinates: the input-space bias is unchanged, $b^{(\ell)}$ lives in layer ℓ).
+    `train_weights=False` is the bias-only flow.
+    """
+    check_adapted(net, "effective_field")
+    check_data(net, data)
+    theta, scales = thresholds(net)
+    stats = coordinate_stats(net.fixed_frame, data)
+    active = active_layer(theta)
+    theta_star = jnp.max(theta, axis=0)
+    count = count_below(stats, theta_star)
+    g = cost_gradient(stats, count, truncated_target_sum(stats, count), theta_star)
+    dtheta, dscales = effective_velocity(theta, scales, g, active, train_weights)
+    return EffectiveVelocity(dtheta, dscales, -(dscales * theta + scales * dtheta))
+
+
+def check_adapted(net, entry_point: str) -> None:
+    if not isinstance(net, AdaptedReLUNet):
+        raise ValueError(
+            f"`{entry_point}` needs an AdaptedReLUNet (weights D_1 R, D_2, ..., D_L), got "
+            f"{type(net).__name__}. The effective flow holds only for adapted weights; for "
+            "a general ReLUNet, train the real network by gradient descent instead."
+        )

@@ -1,0 +1,240 @@
+"""Public solvers of the effective flow: diffrax (any mode) and exact (weights frozen)."""
+
+import diffrax
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optimistix as optx
+
+from ._cost import check_data
+from ._data import Dataset
+from ._effective import check_adapted, effective_velocity, gamma_column
+from ._events import Discrete, first_event_distance
+from ._input_space import thresholds
+from ._network import AdaptedReLUNet
+from ._solve import EffectiveSolution, assemble, run_segments
+from ._statistics import coordinate_stats, cost_gradient
+from ._validate import float_array, is_concrete
+
+
+def _check_times(ts, t1):
+    ts = float_array("ts", ts, ndim=1)
+    if ts.shape[0] == 0:
+        raise ValueError("`ts` is empty; give at least one output time, e.g. jnp.linspace(0, 5, 50).")
+    if is_concrete(ts):
+        values = np.asarray(ts)
+        if not np.all(np.isfinite(values)):
+            raise ValueError("`ts` contains NaN or inf; give finite output times.")
+        if np.any(np.diff(values) < 0):
+            raise ValueError("`ts` must be sorted in increasing order; pass `jnp.sort(ts)`.")
+        if values[0] < 0:
+            raise ValueError(f"`ts` must lie in [0, t1]: the flow starts at t = 0, got ts[0] = {values[0]}.")
+    if t1 is None:
+        return ts, ts[-1]
+    t1 = jnp.asarray(t1, ts.dtype)
+    if is_concrete(ts, t1) and float(ts[-1]) > float(t1):
+        raise ValueError(f"`ts` must lie in [0, t1]; ts[-1] = {float(ts[-1])} > t1 = {float(t1)}.")
+    return ts, t1
+
+
+def _check_positive_int(name, value):
+    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+        raise ValueError(f"`{name}` must be a positive int, got {value!r}.")
+
+
+def _prepare(net, data, ts, t1, max_segments, max_events, entry_point):
+    check_adapted(net, entry_point)
+    check_data(net, data)
+    ts, t1 = _check_times(ts, t1)
+    bound = net.width * (data.num_points + net.depth + 1) + 2
+    max_segments = bound if max_segments is None else max_segments
+    max_events = bound if max_events is None else max_events
+    _check_positive_int("max_segments", max_segments)
+    _check_positive_int("max_events", max_events)
+    theta, scales = thresholds(net)
+    dtype = jnp.result_type(theta, data.x, ts)
+    stats = coordinate_stats(net.fixed_frame.astype(dtype), data)
+    return stats, theta.astype(dtype), scales.astype(dtype), ts.astype(dtype), t1.astype(dtype), max_segments, max_events
+
+
+def _event_tolerance(stats):
+    eps = jnp.finfo(stats.u_sorted.dtype).eps
+    return 1000 * eps * (1 + jnp.max(jnp.abs(stats.u_sorted)))
+
+
+def _default_tolerances(dtype):
+    return (1e-8, 1e-10) if jnp.finfo(dtype).bits >= 64 else (1e-5, 1e-6)
+
+
+def solve_effective(
+    net: AdaptedReLUNet,
+    data: Dataset,
+    *,
+    ts,
+    t1=None,
+    train_weights: bool = True,
+    solver: diffrax.AbstractAdaptiveSolver | None = None,
+    rtol: float | None = None,
+    atol: float | None = None,
+    max_steps: int = 4096,
+    max_segments: int | None = None,
+    max_events: int | None = None,
+) -> EffectiveSolution:
+    r"""Integrates the effective gradient flow of `net` on `data` with diffrax.
+
+    Segment by segment: a `diffrax.Event` with a Newton root find stops at the next
+    truncation, release or layer switch; the discrete state is updated (kinks stop their
+    coordinate; tied layers follow the lower one) and integration restarts.
+
+    **Arguments:**
+
+    - `net`: an `AdaptedReLUNet`, the state at t = 0.
+    - `data`: a `Dataset` of matching dimension.
+    - `ts`: sorted output times in `[0, t1]`.
+    - `t1`: final time (default `ts[-1]`).
+    - `train_weights`: gradient flow on `(d, b)` (True) or on the biases only.
+    - `solver`, `rtol`, `atol`: adaptive diffrax solver (default `Tsit5`) and PID
+      tolerances (default 1e-8/1e-10 in float64, 1e-5/1e-6 in float32).
+    - `max_steps`: solver steps per segment; `max_segments`, `max_events`: caps
+      (default `M (N + L + 1) + 2`, enough since θ* is monotone per coordinate).
+
+    **Returns:** an `EffectiveSolution`; its `result` is a per-seed code (`RESULTS`), so
+    the function can be `vmap`ped over seeds without one failure aborting the batch.
+
+    Differentiable (reverse mode) with respect to the net and the data.
+    """
+    stats, theta, scales, ts, t1, max_segments, max_events = _prepare(
+        net, data, ts, t1, max_segments, max_events, "solve_effective"
+    )
+    solver = diffrax.Tsit5() if solver is None else solver
+    if not isinstance(solver, diffrax.AbstractAdaptiveSolver):
+        raise ValueError(
+            f"`solver` must be an adaptive diffrax solver (with an error estimate), e.g. "
+            f"diffrax.Tsit5() or diffrax.Dopri8(); got {type(solver).__name__}."
+        )
+    default_rtol, default_atol = _default_tolerances(theta.dtype)
+    rtol = default_rtol if rtol is None else rtol
+    atol = default_atol if atol is None else atol
+    if not (rtol > 0 and atol > 0):
+        raise ValueError(f"`rtol` and `atol` must be > 0, got {rtol}, {atol}.")
+    _check_positive_int("max_steps", max_steps)
+    return _solve_diffrax(
+        stats, theta, scales, ts, t1, bool(train_weights), solver, float(rtol), float(atol),
+        max_steps, max_segments, max_events,
+    )
+
+
+@eqx.filter_jit
+def _solve_diffrax(stats, theta, scales, ts, t1, train_weights, solver, rtol, atol, max_steps, max_segments, max_events):
+    controller = diffrax.PIDController(rtol=rtol, atol=atol)
+    eps = float(jnp.finfo(theta.dtype).eps)
+    # Bisection, not Newton: the event function is a minimum over surfaces (piecewise
+    # smooth) and diffrax brackets the crossing, so bisection always converges. The
+    # distances only decrease through zero, hence flip=True (no detection under vmap).
+    root_tol = max(10 * eps, 1e-4 * min(rtol, atol))
+    root_finder = optx.Bisection(rtol=root_tol, atol=root_tol, flip=True)  # f decreases
+
+    def vector_field(t, y, disc: Discrete):
+        theta, scales = y
+        theta_star = jnp.take_along_axis(theta, disc.active[None], axis=0)[0]
+        g = cost_gradient(stats, disc.count, disc.target_sum, theta_star)
+        return effective_velocity(theta, scales, jnp.where(disc.moving != 0, g, 0.0), disc.active, train_weights)
+
+    def event_fn(t, y, args, **kwargs):
+        return first_event_distance(stats, y[0], args)
+
+    term = diffrax.ODETerm(vector_field)
+    event = diffrax.Event(event_fn, root_finder=root_finder)
+
+    def propagate(t, theta, scales, disc):
+        # Two sub-saves: after an event diffrax compacts saves, so the final state must
+        # not share an array with the (partly unreached) output times.
+        saveat = diffrax.SaveAt(
+            subs=[diffrax.SubSaveAt(ts=jnp.clip(ts, t, t1)), diffrax.SubSaveAt(t1=True)]
+        )
+        sol = diffrax.diffeqsolve(
+            term, solver, t, t1, None, (theta, scales), args=disc, saveat=saveat,
+            stepsize_controller=controller, event=event, max_steps=max_steps, throw=False,
+        )
+        hit = sol.result == diffrax.RESULTS.event_occurred
+        ok = hit | (sol.result == diffrax.RESULTS.successful)
+        (theta_ts, scales_ts), (theta_end, scales_end) = sol.ys
+        return sol.ts[1][-1], theta_end[-1], scales_end[-1], theta_ts, scales_ts, hit, ok
+
+    final = run_segments(
+        propagate, stats, theta, scales, ts, t1, max_segments=max_segments,
+        max_events=max_events, tolerance=_event_tolerance(stats),
+    )
+    return assemble(final, stats, ts)
+
+
+def solve_frozen_exact(
+    net: AdaptedReLUNet,
+    data: Dataset,
+    *,
+    ts,
+    t1=None,
+    max_segments: int | None = None,
+    max_events: int | None = None,
+) -> EffectiveSolution:
+    r"""Exact solution of the bias-only effective flow (weights frozen).
+
+    Γ is constant, so between events $\theta^*(t) = \bar v + (\theta^*(t_0) - \bar v)
+    e^{-\kappa(t - t_0)}$, $\kappa = \Gamma_{\ell^*\ell^*} n/N$, every other threshold moves
+    by $(\Gamma_{\ell\ell^*}/\Gamma_{\ell^*\ell^*})(\theta^*(t) - \theta^*(t_0))$, and event
+    times are logarithms. Same arguments and return type as `solve_effective`.
+    """
+    stats, theta, scales, ts, t1, max_segments, max_events = _prepare(
+        net, data, ts, t1, max_segments, max_events, "solve_frozen_exact"
+    )
+    return _solve_exact(stats, theta, scales, ts, t1, max_segments, max_events)
+
+
+@eqx.filter_jit
+def _solve_exact(stats, theta, scales, ts, t1, max_segments, max_events):
+    n_points = stats.num_points
+    depth = theta.shape[0]
+
+    def propagate(t, theta, scales, disc):
+        gamma = gamma_column(theta, scales, disc.active, False)
+        gamma_star = jnp.take_along_axis(gamma, disc.active[None], 0)[0]
+        theta_star = jnp.take_along_axis(theta, disc.active[None], 0)[0]
+        count = jnp.maximum(disc.count, 1)
+        mean_target = disc.target_sum / count
+        rate = gamma_star * disc.count / n_points
+        gap = theta_star - mean_target
+        moving = disc.moving != 0
+        safe_gap = jnp.where(moving, gap, 1.0)
+        safe_rate = jnp.where(moving, rate, 1.0)
+
+        def time_to(level, allowed):
+            q = (level - mean_target) / safe_gap
+            valid = allowed & moving & (q > 0) & (q <= 1)
+            return jnp.where(valid, -jnp.log(jnp.where(valid, q, 1.0)) / safe_rate, jnp.inf)
+
+        above = jnp.take_along_axis(stats.u_sorted, jnp.minimum(disc.count, n_points - 1)[None], 0)[0]
+        below = jnp.take_along_axis(stats.u_sorted, jnp.maximum(disc.count - 1, 0)[None], 0)[0]
+        to_trunc = time_to(above, (disc.moving > 0) & (disc.count < n_points))
+        to_release = time_to(below, (disc.moving < 0) & (disc.count > 0))
+        ratio = gamma / gamma_star[None]
+        lower = jnp.arange(depth)[:, None] < disc.active[None]
+        meet = theta_star[None] + (theta - theta_star[None]) / jnp.where(lower, 1 - ratio, 1.0)
+        to_switch = jnp.min(time_to(meet, lower), axis=0)
+        step = jnp.min(jnp.stack([to_trunc, to_release, to_switch]))
+        hit = t + step <= t1
+        t_end = jnp.where(hit, t + step, t1)
+
+        def state_at(s):
+            shift = gap * jnp.expm1(-safe_rate * (s - t))
+            return theta + jnp.where(moving, shift, 0.0)[None] * ratio
+
+        theta_ts = jax.vmap(state_at)(jnp.clip(ts, t, t1))
+        scales_ts = jnp.broadcast_to(scales, theta_ts.shape)
+        return t_end, state_at(t_end), scales, theta_ts, scales_ts, hit, jnp.array(True)
+
+    final = run_segments(
+        propagate, stats, theta, scales, ts, t1, max_segments=max_segments,
+        max_events=max_events, tolerance=_event_tolerance(stats),
+    )
+    return assemble(final, stats, ts)

@@ -1,0 +1,31 @@
+"""Per-seed result codes: under `vmap` a failing seed is reported, never fatal to the batch."""
+
+import enum
+
+import numpy as np
+
+
+class RESULTS(enum.IntEnum):
+    successful = 0
+    max_segments_reached = 1
+    solver_failed = 2
+    nonfinite_state = 3
+    diverged = 4
+
+
+MESSAGES = {
+    RESULTS.successful: "",
+    RESULTS.max_segments_reached: "the segment cap was reached before the final time; "
+    "raise `max_segments`",
+    RESULTS.solver_failed: "the ODE solver failed inside a segment (step cap or step-size "
+    "collapse); raise `max_steps` or loosen `rtol`/`atol`",
+    RESULTS.nonfinite_state: "the state became NaN or inf; check the network and data "
+    "of this seed",
+    RESULTS.diverged: "training diverged (NaN, inf or exploding cost); lower the learning rate",
+}
+
+
+def describe(result) -> list[str]:
+    """Readable messages for a scalar or batch of result codes (empty string = success)."""
+    codes = np.atleast_1d(np.asarray(result))
+    return [MESSAGES[RESULTS(int(code))] for code in codes.ravel()]

@@ -1,0 +1,165 @@
+"""Event-driven integration of the effective flow, segment by segment.
+
+Each segment integrates with the discrete state (counts, active layers, directions) held
+fixed until the first switching surface is hit; the events are applied
+(`_events.apply_events`) and the next segment starts. Two propagators share this loop:
+diffrax with an `Event` and a Newton root find (any mode), and the closed-form
+piecewise-exponential solution (weights frozen), which is the exact reference.
+"""
+
+import equinox as eqx
+import equinox.internal as eqxi
+import jax
+import jax.numpy as jnp
+
+from ._events import Discrete, apply_events, initial_discrete
+from ._results import RESULTS
+from ._statistics import count_below, frame_cost
+
+
+class EffectiveSolution(eqx.Module):
+    """The effective flow sampled at `ts`, with its events.
+
+    Arrays: `ts` `(T,)`; `thresholds` and cumulative `scales` `(T, L, M)`; `cost` `(T,)`;
+    `n_truncated` and `active_layer` `(T, M)`. Events, in time order and padded to
+    `max_events` (times `inf`, other fields -1): `event_times`, `event_coords`,
+    `event_kinds` (0 truncation, 1 release, 2 layer switch, 3 kink), `event_points`
+    (data index, or -1), `event_layers` (active layer after the event); `num_events`
+    counts all events, also any beyond the buffer. `result` is a `RESULTS` code; values
+    after a failure are NaN.
+    """
+
+    ts: jax.Array
+    thresholds: jax.Array
+    scales: jax.Array
+    cost: jax.Array
+    n_truncated: jax.Array
+    active_layer: jax.Array
+    event_times: jax.Array
+    event_coords: jax.Array
+    event_kinds: jax.Array
+    event_points: jax.Array
+    event_layers: jax.Array
+    num_events: jax.Array
+    num_segments: jax.Array
+    result: jax.Array
+
+
+class _Carry(eqx.Module):
+    t: jax.Array
+    theta: jax.Array
+    scales: jax.Array
+    disc: Discrete
+    out_theta: jax.Array
+    out_scales: jax.Array
+    events: tuple
+    num_events: jax.Array
+    num_segments: jax.Array
+    result: jax.Array
+    done: jax.Array
+
+
+def _record(events, num_events, t, fired, max_events):
+    """Appends the fired events (up to 4 per coordinate) to the padded buffers."""
+    width = fired.kinds.shape[0]
+    mask = fired.kinds.reshape(-1)
+    coords = jnp.repeat(jnp.arange(width, dtype=jnp.int32), 4)
+    kinds = jnp.tile(jnp.arange(4, dtype=jnp.int32), width)
+    points = jnp.where(kinds < 2, jnp.repeat(fired.points, 4), -1)
+    layers = jnp.repeat(fired.layers, 4)
+    slot = jnp.where(mask, num_events + jnp.cumsum(mask) - 1, max_events)
+    values = (jnp.full(mask.shape, t), coords, kinds, points, layers)
+    events = tuple(buf.at[slot].set(val.astype(buf.dtype), mode="drop") for buf, val in zip(events, values))
+    return events, num_events + jnp.sum(mask, dtype=jnp.int32)
+
+
+def run_segments(propagate, stats, theta0, scales0, ts, t1, *, max_segments, max_events, tolerance):
+    """Shared segment loop. `propagate(t, theta, scales, disc)` integrates to the first
+    event or `t1` and returns `(t_end, theta_end, scales_end, theta_ts, scales_ts, hit, ok)`
+    with the state at the (clipped) `ts` of this segment."""
+    dtype = theta0.dtype
+    num_ts = ts.shape[0]
+    nan_out = jnp.full((num_ts,) + theta0.shape, jnp.nan, dtype)
+    events = (
+        jnp.full(max_events, jnp.inf, dtype),
+        *(jnp.full(max_events, -1, jnp.int32) for _ in range(4)),
+    )
+    finite = jnp.all(jnp.isfinite(theta0)) & jnp.all(jnp.isfinite(scales0))
+    init = _Carry(
+        t=jnp.zeros((), dtype),
+        theta=theta0,
+        scales=scales0,
+        disc=initial_discrete(stats, theta0),
+        out_theta=nan_out,
+        out_scales=nan_out,
+        events=events,
+        num_events=jnp.zeros((), jnp.int32),
+        num_segments=jnp.zeros((), jnp.int32),
+        result=jnp.where(finite, RESULTS.successful, RESULTS.nonfinite_state).astype(jnp.int32),
+        done=~finite,
+    )
+
+    def cond(carry):
+        return ~carry.done
+
+    def body(carry):
+        t_end, theta, scales, theta_ts, scales_ts, hit, ok = propagate(
+            carry.t, carry.theta, carry.scales, carry.disc
+        )
+        ok = ok & jnp.all(jnp.isfinite(theta)) & jnp.all(jnp.isfinite(scales))
+        keep = ((ts >= carry.t) & (ts <= t_end) & ok)[:, None, None]
+        out_theta = jnp.where(keep, theta_ts, carry.out_theta)
+        out_scales = jnp.where(keep, scales_ts, carry.out_scales)
+        new_theta, disc, fired = apply_events(stats, theta, carry.disc, tolerance)
+        hit = hit & ok
+        events, num_events = _record(carry.events, carry.num_events, t_end, fired, max_events)
+        num_segments = carry.num_segments + 1
+        capped = hit & (num_segments >= max_segments)
+        result = jnp.where(ok, carry.result, RESULTS.solver_failed)
+        result = jnp.where(capped, RESULTS.max_segments_reached, result).astype(jnp.int32)
+        pick = lambda new, old: jnp.where(hit, new, old)  # noqa: E731
+        return _Carry(
+            t=jnp.where(hit, t_end, carry.t),
+            theta=pick(new_theta, theta),
+            scales=scales,
+            disc=jax.tree.map(pick, disc, carry.disc),
+            out_theta=out_theta,
+            out_scales=out_scales,
+            events=jax.tree.map(pick, events, carry.events),
+            num_events=pick(num_events, carry.num_events),
+            num_segments=num_segments,
+            result=result,
+            done=~hit | capped,
+        )
+
+    final = eqxi.while_loop(cond, body, init, max_steps=max_segments, kind="checkpointed")
+    return final
+
+
+def derived_outputs(stats, theta):
+    """Cost, truncated counts and active layers from sampled thresholds `(T, L, M)`."""
+    theta_star = jnp.max(theta, axis=1)
+    cost = jax.vmap(lambda level: frame_cost(stats, level))(theta_star)
+    counts = jax.vmap(lambda level: count_below(stats, level))(theta_star)
+    return cost, counts, jnp.argmax(theta, axis=1).astype(jnp.int32)
+
+
+def assemble(final: _Carry, stats, ts) -> EffectiveSolution:
+    cost, counts, active = derived_outputs(stats, final.out_theta)
+    times, coords, kinds, points, layers = final.events
+    return EffectiveSolution(
+        ts=ts,
+        thresholds=final.out_theta,
+        scales=final.out_scales,
+        cost=cost,
+        n_truncated=counts,
+        active_layer=active,
+        event_times=times,
+        event_coords=coords,
+        event_kinds=kinds,
+        event_points=points,
+        event_layers=layers,
+        num_events=final.num_events,
+        num_segments=final.num_segments,
+        result=final.result,
+    )
