@@ -142,7 +142,9 @@ def _solve_diffrax(stats, theta, scales, ts, t1, train_weights, solver, rtol, at
         return effective_velocity(theta, scales, jnp.where(disc.moving != 0, g, 0.0), disc.active, train_weights)
 
     def event_fn(t, y, args, **kwargs):
-        return first_event_distance(stats, y[0], args)
+        # Default float dtype: diffrax's untriggered branch returns a Python 0.0, which is
+        # float64 under x64 even for a float32 state (lax.cond needs equal types).
+        return first_event_distance(stats, y[0], args).astype(jnp.result_type(float))
 
     term = diffrax.ODETerm(vector_field)
     event = diffrax.Event(event_fn, root_finder=root_finder)
@@ -209,14 +211,15 @@ def _solve_exact(stats, theta, scales, ts, t1, max_segments, max_events):
         safe_rate = jnp.where(moving, rate, 1.0)
 
         def time_to(level, allowed):
-            q = (level - mean_target) / safe_gap
-            valid = allowed & moving & (q > 0) & (q <= 1)
-            return jnp.where(valid, -jnp.log(jnp.where(valid, q, 1.0)) / safe_rate, jnp.inf)
+            """Time for θ* to reach `level` `(rows, M)`; inf where it never does."""
+            q = (level - mean_target[None]) / safe_gap[None]
+            valid = allowed & moving[None] & (q > 0) & (q <= 1)
+            return jnp.where(valid, -jnp.log(jnp.where(valid, q, 1.0)) / safe_rate[None], jnp.inf)
 
         above = jnp.take_along_axis(stats.u_sorted, jnp.minimum(disc.count, n_points - 1)[None], 0)[0]
         below = jnp.take_along_axis(stats.u_sorted, jnp.maximum(disc.count - 1, 0)[None], 0)[0]
-        to_trunc = time_to(above, (disc.moving > 0) & (disc.count < n_points))
-        to_release = time_to(below, (disc.moving < 0) & (disc.count > 0))
+        to_trunc = time_to(above[None], ((disc.moving > 0) & (disc.count < n_points))[None])[0]
+        to_release = time_to(below[None], ((disc.moving < 0) & (disc.count > 0))[None])[0]
         ratio = gamma / gamma_star[None]
         lower = jnp.arange(depth)[:, None] < disc.active[None]
         meet = theta_star[None] + (theta - theta_star[None]) / jnp.where(lower, 1 - ratio, 1.0)

@@ -28,3 +28,39 @@ def random_adapted_net(key, depth, width, *, bias_scale=0.5, dtype=jnp.float64):
     return ft.AdaptedReLUNet.random(
         key, depth, width, scale_spread=0.3, bias_scale=bias_scale, dtype=dtype
     )
+
+
+def problem(key, *, depth=3, width=2, num_points=24, num_clusters=3, bias_scale=0.6, target_offset=0.4):
+    """A small adapted net and clustered data (works inside vmap)."""
+    net = ft.AdaptedReLUNet.random(key, depth, width, scale_spread=0.3, bias_scale=bias_scale)
+    data = ft.make_clusters(
+        jax.random.fold_in(key, 1), num_points=num_points, dim=width,
+        num_clusters=num_clusters, target_offset=target_offset,
+    )
+    return net, data
+
+
+def numpy_effective_rhs(theta, scales, u, v, train_weights=True):
+    """THEORY section 4 written out with loops, independently of flowtrunc."""
+    depth, width = theta.shape
+    num = u.shape[0]
+    dtheta, dscales = np.zeros_like(theta), np.zeros_like(scales)
+    for k in range(width):
+        th = np.concatenate([[0.0], theta[:, k]])  # th[n] = theta^(n), th[0] = 0
+        cum = np.concatenate([[1.0], scales[:, k]])  # cum[n] = D^(n), cum[0] = 1
+        star_layer = int(np.argmax(theta[:, k])) + 1  # 1-based active layer
+        star = th[star_layer]
+        truncated = u[:, k] < star
+        n = truncated.sum()
+        g = (n * star - v[truncated, k].sum()) / num
+        for layer in range(1, depth + 1):
+            gamma, drift = 0.0, 0.0
+            for m in range(1, min(layer, star_layer) + 1):
+                inv_d2 = (cum[m - 1] / cum[m]) ** 2
+                gamma += cum[m] ** -2
+                if train_weights:
+                    gamma += (th[m - 1] - th[layer]) * (th[m - 1] - star) * inv_d2
+                    drift += (th[m - 1] - star) * inv_d2
+            dtheta[layer - 1, k] = -g * gamma
+            dscales[layer - 1, k] = -g * cum[layer] * drift
+    return dtheta, dscales
