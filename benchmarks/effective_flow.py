@@ -26,7 +26,9 @@ def main():
 
     def problem(key):
         net = ft.AdaptedReLUNet.random(key, 3, 2, scale_spread=0.3, bias_scale=0.6)
-        data = ft.make_clusters(jax.random.fold_in(key, 1), num_points=30, num_clusters=3, dim=2, target_offset=0.4)
+        data = ft.make_clusters(
+            jax.random.fold_in(key, 1), num_points=30, num_clusters=3, dim=2, target_offset=0.4
+        )
         return net, data
 
     keys = jax.random.split(jax.random.key(0), args.seeds)
@@ -35,19 +37,29 @@ def main():
     rows = []
     for name, solve in (
         ("solve_effective (trained, Tsit5)", lambda n, d: ft.solve_effective(n, d, ts=ts)),
-        ("solve_effective (frozen, Tsit5)", lambda n, d: ft.solve_effective(n, d, ts=ts, train_weights=False)),
+        (
+            "solve_effective (frozen, Tsit5)",
+            lambda n, d: ft.solve_effective(n, d, ts=ts, train_weights=False),
+        ),
         ("solve_frozen_exact", lambda n, d: ft.solve_frozen_exact(n, d, ts=ts)),
     ):
         batched = eqx.filter_jit(eqx.filter_vmap(solve))
         first, warm, sol = timed(batched, nets, datas, repeats=args.repeats)
         events = int(np.sum(np.asarray(sol.num_events)))
         failed = int(np.sum(np.asarray(sol.result) != 0))
-        rows.append({
-            "solver": name, "seeds": args.seeds, "precision": args.precision,
-            "compile_plus_first_s": round(first, 3), "warm_median_s": round(warm, 4),
-            "seconds_per_seed": warm / args.seeds, "events_total": events,
-            "events_per_second": events / warm, "failed_seeds": failed,
-        })
+        rows.append(
+            {
+                "solver": name,
+                "seeds": args.seeds,
+                "precision": args.precision,
+                "compile_plus_first_s": round(first, 3),
+                "warm_median_s": round(warm, 4),
+                "seconds_per_seed": warm / args.seeds,
+                "events_total": events,
+                "events_per_second": events / warm,
+                "failed_seeds": failed,
+            }
+        )
     report("effective_flow", rows, args.out)
 
 

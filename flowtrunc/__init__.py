@@ -2,23 +2,49 @@
 
 import importlib.metadata
 
-from ._cost import coordinate_costs as coordinate_costs, input_cost as input_cost
-from ._effective import EffectiveVelocity as EffectiveVelocity, effective_field as effective_field
+from ._cost import coordinate_costs as coordinate_costs
+from ._cost import input_cost as input_cost
+from ._data import Dataset as Dataset
+from ._data import load_npz as load_npz
+from ._data import make_clusters as make_clusters
+from ._effective import EffectiveVelocity as EffectiveVelocity
+from ._effective import effective_field as effective_field
 from ._events import EVENT_KINDS as EVENT_KINDS
-from ._flow import solve_effective as solve_effective, solve_frozen_exact as solve_frozen_exact
-from ._results import RESULTS as RESULTS, describe as describe
-from ._solve import EffectiveSolution as EffectiveSolution
-from ._data import Dataset as Dataset, load_npz as load_npz, make_clusters as make_clusters
+from ._flow import solve_effective as solve_effective
+from ._flow import solve_frozen_exact as solve_frozen_exact
+from ._gradient_flow import gradient_flow as gradient_flow
 from ._input_space import (
     cumulative as cumulative,
+)
+from ._input_space import (
     input_layer as input_layer,
+)
+from ._input_space import (
     thresholds as thresholds,
+)
+from ._input_space import (
     truncation_map as truncation_map,
 )
 from ._network import (
     AbstractReLUNet as AbstractReLUNet,
+)
+from ._network import (
     AdaptedReLUNet as AdaptedReLUNet,
+)
+from ._network import (
     ReLUNet as ReLUNet,
+)
+from ._results import RESULTS as RESULTS
+from ._results import describe as describe
+from ._solve import EffectiveSolution as EffectiveSolution
+from ._training import (
+    TrainingRun as TrainingRun,
+)
+from ._training import (
+    stability_bound as stability_bound,
+)
+from ._training import (
+    train as train,
 )
 
 try:

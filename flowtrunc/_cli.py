@@ -22,13 +22,18 @@ def _demo(args) -> int:
     key = jax.random.key(args.seed)
     net = AdaptedReLUNet.random(key, args.depth, args.dim, scale_spread=0.3, bias_scale=0.6)
     data = make_clusters(
-        jax.random.fold_in(key, 1), num_points=args.points, num_clusters=args.clusters,
-        dim=args.dim, target_offset=0.4,
+        jax.random.fold_in(key, 1),
+        num_points=args.points,
+        num_clusters=args.clusters,
+        dim=args.dim,
+        target_offset=0.4,
     )
     ts = jnp.linspace(0.0, args.t1, 9)
     sol = solve_effective(net, data, ts=ts, train_weights=not args.freeze_weights)
-    print(f"flowtrunc demo: effective flow, L={args.depth} M={args.dim} N={args.points} "
-          f"Q={args.clusters}, weights {'frozen' if args.freeze_weights else 'trained'}")
+    print(
+        f"flowtrunc demo: effective flow, L={args.depth} M={args.dim} N={args.points} "
+        f"Q={args.clusters}, weights {'frozen' if args.freeze_weights else 'trained'}"
+    )
     print(f"{'t':>8} {'cost':>12}  truncated points per frame coordinate")
     for t, cost, counts in zip(np.asarray(sol.ts), np.asarray(sol.cost), np.asarray(sol.n_truncated)):
         print(f"{t:8.3f} {cost:12.6f}  {counts.tolist()}")
@@ -36,9 +41,11 @@ def _demo(args) -> int:
     print(f"{int(sol.num_events)} events in {int(sol.num_segments)} segments:")
     for i in range(count):
         point = int(sol.event_points[i])
-        print(f"  t={float(sol.event_times[i]):.5f} coordinate {int(sol.event_coords[i])} "
-              f"{EVENT_KINDS[int(sol.event_kinds[i])]}"
-              + (f" of point {point}" if point >= 0 else f" (active layer {int(sol.event_layers[i]) + 1})"))
+        print(
+            f"  t={float(sol.event_times[i]):.5f} coordinate {int(sol.event_coords[i])} "
+            f"{EVENT_KINDS[int(sol.event_kinds[i])]}"
+            + (f" of point {point}" if point >= 0 else f" (active layer {int(sol.event_layers[i]) + 1})")
+        )
     message = describe(sol.result)[0]
     print("result:", message or "successful")
     return 0 if not message else 1

@@ -17,8 +17,7 @@ def check_data(net: AbstractReLUNet, data: Dataset) -> None:
         )
     if data.width != net.width:
         raise ValueError(
-            f"`data` has dimension M = {data.width} but the network has width "
-            f"{net.width}; they must match."
+            f"`data` has dimension M = {data.width} but the network has width {net.width}; they must match."
         )
 
 

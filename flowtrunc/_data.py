@@ -30,13 +30,11 @@ class Dataset(eqx.Module):
         labels = labels if isinstance(labels, jax.core.Tracer) else jnp.asarray(labels)
         if not jnp.issubdtype(labels.dtype, jnp.integer):
             raise ValueError(
-                f"`labels` must be integers in 0..Q-1, got dtype {labels.dtype}; pass "
-                "`labels.astype(int)`."
+                f"`labels` must be integers in 0..Q-1, got dtype {labels.dtype}; pass `labels.astype(int)`."
             )
         if labels.shape != (x.shape[0],):
             raise ValueError(
-                f"`labels` must have shape (N,) = ({x.shape[0]},) to match `x`, got "
-                f"{labels.shape}."
+                f"`labels` must have shape (N,) = ({x.shape[0]},) to match `x`, got {labels.shape}."
             )
         if targets is None:
             if not is_concrete(labels):
@@ -46,9 +44,7 @@ class Dataset(eqx.Module):
             targets = float_array("targets", targets, ndim=2)
             num_classes = targets.shape[0]
             if targets.shape[1] != x.shape[1]:
-                raise ValueError(
-                    f"`targets` has {targets.shape[1]} features but `x` has {x.shape[1]}."
-                )
+                raise ValueError(f"`targets` has {targets.shape[1]} features but `x` has {x.shape[1]}.")
             check_finite("targets", targets)
         if is_concrete(labels):
             values = np.asarray(labels)

@@ -23,7 +23,7 @@ from ._custom_types import Array, Float, Int
 from ._data import Dataset
 from ._input_space import thresholds
 from ._network import AdaptedReLUNet
-from ._statistics import count_below, coordinate_stats, cost_gradient, truncated_target_sum
+from ._statistics import coordinate_stats, cost_gradient, count_below, truncated_target_sum
 
 
 def _previous(theta):
@@ -83,9 +83,7 @@ class EffectiveVelocity(NamedTuple):
     biases: Float[Array, "depth width"]
 
 
-def effective_field(
-    net: AdaptedReLUNet, data: Dataset, *, train_weights: bool = True
-) -> EffectiveVelocity:
+def effective_field(net: AdaptedReLUNet, data: Dataset, *, train_weights: bool = True) -> EffectiveVelocity:
     r"""The effective flow's right-hand side at the state of `net`, in frame coordinates.
 
     Returns $\dot\theta^{(\ell)}$, $\dot D^{(\ell)}$ and the cumulative-bias velocity

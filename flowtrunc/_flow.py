@@ -55,7 +55,8 @@ def _prepare(net, data, ts, t1, max_segments, max_events, entry_point):
     theta, scales = thresholds(net)
     dtype = jnp.result_type(theta, data.x, ts)
     stats = coordinate_stats(net.fixed_frame.astype(dtype), data)
-    return stats, theta.astype(dtype), scales.astype(dtype), ts.astype(dtype), t1.astype(dtype), max_segments, max_events
+    theta, scales, ts, t1 = (a.astype(dtype) for a in (theta, scales, ts, t1))
+    return stats, theta, scales, ts, t1, max_segments, max_events
 
 
 def _event_tolerance(stats):
@@ -120,13 +121,25 @@ def solve_effective(
         raise ValueError(f"`rtol` and `atol` must be > 0, got {rtol}, {atol}.")
     _check_positive_int("max_steps", max_steps)
     return _solve_diffrax(
-        stats, theta, scales, ts, t1, bool(train_weights), solver, float(rtol), float(atol),
-        max_steps, max_segments, max_events,
+        stats,
+        theta,
+        scales,
+        ts,
+        t1,
+        bool(train_weights),
+        solver,
+        float(rtol),
+        float(atol),
+        max_steps,
+        max_segments,
+        max_events,
     )
 
 
 @eqx.filter_jit
-def _solve_diffrax(stats, theta, scales, ts, t1, train_weights, solver, rtol, atol, max_steps, max_segments, max_events):
+def _solve_diffrax(
+    stats, theta, scales, ts, t1, train_weights, solver, rtol, atol, max_steps, max_segments, max_events
+):
     controller = diffrax.PIDController(rtol=rtol, atol=atol)
     eps = float(jnp.finfo(theta.dtype).eps)
     # Bisection, not Newton: the event function is a minimum over surfaces (piecewise
@@ -139,7 +152,8 @@ def _solve_diffrax(stats, theta, scales, ts, t1, train_weights, solver, rtol, at
         theta, scales = y
         theta_star = jnp.take_along_axis(theta, disc.active[None], axis=0)[0]
         g = cost_gradient(stats, disc.count, disc.target_sum, theta_star)
-        return effective_velocity(theta, scales, jnp.where(disc.moving != 0, g, 0.0), disc.active, train_weights)
+        g = jnp.where(disc.moving != 0, g, 0.0)
+        return effective_velocity(theta, scales, g, disc.active, train_weights)
 
     def event_fn(t, y, args, **kwargs):
         # Default float dtype: diffrax's untriggered branch returns a Python 0.0, which is
@@ -152,12 +166,20 @@ def _solve_diffrax(stats, theta, scales, ts, t1, train_weights, solver, rtol, at
     def propagate(t, theta, scales, disc):
         # Two sub-saves: after an event diffrax compacts saves, so the final state must
         # not share an array with the (partly unreached) output times.
-        saveat = diffrax.SaveAt(
-            subs=[diffrax.SubSaveAt(ts=jnp.clip(ts, t, t1)), diffrax.SubSaveAt(t1=True)]
-        )
+        saveat = diffrax.SaveAt(subs=[diffrax.SubSaveAt(ts=jnp.clip(ts, t, t1)), diffrax.SubSaveAt(t1=True)])
         sol = diffrax.diffeqsolve(
-            term, solver, t, t1, None, (theta, scales), args=disc, saveat=saveat,
-            stepsize_controller=controller, event=event, max_steps=max_steps, throw=False,
+            term,
+            solver,
+            t,
+            t1,
+            None,
+            (theta, scales),
+            args=disc,
+            saveat=saveat,
+            stepsize_controller=controller,
+            event=event,
+            max_steps=max_steps,
+            throw=False,
         )
         hit = sol.result == diffrax.RESULTS.event_occurred
         ok = hit | (sol.result == diffrax.RESULTS.successful)
@@ -165,8 +187,15 @@ def _solve_diffrax(stats, theta, scales, ts, t1, train_weights, solver, rtol, at
         return sol.ts[1][-1], theta_end[-1], scales_end[-1], theta_ts, scales_ts, hit, ok
 
     final = run_segments(
-        propagate, stats, theta, scales, ts, t1, max_segments=max_segments,
-        max_events=max_events, tolerance=_event_tolerance(stats),
+        propagate,
+        stats,
+        theta,
+        scales,
+        ts,
+        t1,
+        max_segments=max_segments,
+        max_events=max_events,
+        tolerance=_event_tolerance(stats),
     )
     return assemble(final, stats, ts)
 
@@ -237,7 +266,14 @@ def _solve_exact(stats, theta, scales, ts, t1, max_segments, max_events):
         return t_end, state_at(t_end), scales, theta_ts, scales_ts, hit, jnp.array(True)
 
     final = run_segments(
-        propagate, stats, theta, scales, ts, t1, max_segments=max_segments,
-        max_events=max_events, tolerance=_event_tolerance(stats),
+        propagate,
+        stats,
+        theta,
+        scales,
+        ts,
+        t1,
+        max_segments=max_segments,
+        max_events=max_events,
+        tolerance=_event_tolerance(stats),
     )
     return assemble(final, stats, ts)

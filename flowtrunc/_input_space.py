@@ -18,17 +18,14 @@ from ._validate import check_finite, check_invertible, float_array
 
 def _check_net(net) -> None:
     if not isinstance(net, AbstractReLUNet):
-        raise ValueError(
-            f"`net` must be a flowtrunc.ReLUNet or flowtrunc.AdaptedReLUNet, got {type(net)}."
-        )
+        raise ValueError(f"`net` must be a flowtrunc.ReLUNet or flowtrunc.AdaptedReLUNet, got {type(net)}.")
 
 
 def _check_inputs(x, width: int, name: str = "x"):
     x = float_array(name, x)
     if x.ndim not in (1, 2) or x.shape[-1] != width:
         raise ValueError(
-            f"`{name}` must have shape (N, {width}) or ({width},) to match the network "
-            f"width, got {x.shape}."
+            f"`{name}` must have shape (N, {width}) or ({width},) to match the network width, got {x.shape}."
         )
     check_finite(name, x)
     return x
@@ -56,8 +53,7 @@ def truncation_map(
     width = biases.shape[0]
     if weights.shape != (width, width):
         raise ValueError(
-            f"`weights` must have shape (M, M) = ({width}, {width}) to match `biases`, "
-            f"got {weights.shape}."
+            f"`weights` must have shape (M, M) = ({width}, {width}) to match `biases`, got {weights.shape}."
         )
     check_finite("weights", weights)
     check_finite("biases", biases)
@@ -122,9 +118,7 @@ def input_layer(
     x = _check_inputs(x, net.width)
     layer = _resolve_layer(layer, net.depth)
     if method not in ("closed_form", "compose", "forward"):
-        raise ValueError(
-            f"`method` must be 'closed_form', 'compose' or 'forward', got {method!r}."
-        )
+        raise ValueError(f"`method` must be 'closed_form', 'compose' or 'forward', got {method!r}.")
     if layer == 0:
         return x
     flat = x.reshape(-1, net.width).astype(jnp.result_type(x, net.biases))

@@ -46,9 +46,7 @@ class AbstractReLUNet(eqx.Module):
         """Every hidden layer `x^(l)`, l = 1..L, of the real forward pass."""
         x = float_array("x", x)
         if x.shape[-1] != self.width:
-            raise ValueError(
-                f"`x` has {x.shape[-1]} features but the network has width {self.width}."
-            )
+            raise ValueError(f"`x` has {x.shape[-1]} features but the network has width {self.width}.")
 
         def step(h, wb):
             weight, bias = wb

@@ -15,12 +15,10 @@ class RESULTS(enum.IntEnum):
 
 MESSAGES = {
     RESULTS.successful: "",
-    RESULTS.max_segments_reached: "the segment cap was reached before the final time; "
-    "raise `max_segments`",
+    RESULTS.max_segments_reached: "the segment cap was reached before the final time; raise `max_segments`",
     RESULTS.solver_failed: "the ODE solver failed inside a segment (step cap or step-size "
     "collapse); raise `max_steps` or loosen `rtol`/`atol`",
-    RESULTS.nonfinite_state: "the state became NaN or inf; check the network and data "
-    "of this seed",
+    RESULTS.nonfinite_state: "the state became NaN or inf; check the network and data of this seed",
     RESULTS.diverged: "training diverged (NaN, inf or exploding cost); lower the learning rate",
 }
 

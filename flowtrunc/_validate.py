@@ -49,9 +49,7 @@ def check_finite(name: str, array) -> None:
 def check_shape(name: str, array, shape: tuple, names: str) -> None:
     """Checks `array.shape == shape`; `names` spells the expected axes for the message."""
     if tuple(array.shape) != tuple(shape):
-        raise ValueError(
-            f"`{name}` must have shape ({names}) = {tuple(shape)}, got {tuple(array.shape)}."
-        )
+        raise ValueError(f"`{name}` must have shape ({names}) = {tuple(shape)}, got {tuple(array.shape)}.")
 
 
 def orthogonality_tolerance(dtype, width: int) -> float:

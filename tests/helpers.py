@@ -10,8 +10,7 @@ import flowtrunc as ft
 def tree_allclose(a, b, *, rtol=1e-12, atol=1e-12) -> bool:
     leaves_a, leaves_b = jax.tree.leaves(a), jax.tree.leaves(b)
     return len(leaves_a) == len(leaves_b) and all(
-        np.allclose(np.asarray(x), np.asarray(y), rtol=rtol, atol=atol)
-        for x, y in zip(leaves_a, leaves_b)
+        np.allclose(np.asarray(x), np.asarray(y), rtol=rtol, atol=atol) for x, y in zip(leaves_a, leaves_b)
     )
 
 
@@ -25,17 +24,18 @@ def random_general_net(key, depth, width, dtype=jnp.float64) -> ft.ReLUNet:
 
 
 def random_adapted_net(key, depth, width, *, bias_scale=0.5, dtype=jnp.float64):
-    return ft.AdaptedReLUNet.random(
-        key, depth, width, scale_spread=0.3, bias_scale=bias_scale, dtype=dtype
-    )
+    return ft.AdaptedReLUNet.random(key, depth, width, scale_spread=0.3, bias_scale=bias_scale, dtype=dtype)
 
 
 def problem(key, *, depth=3, width=2, num_points=24, num_clusters=3, bias_scale=0.6, target_offset=0.4):
     """A small adapted net and clustered data (works inside vmap)."""
     net = ft.AdaptedReLUNet.random(key, depth, width, scale_spread=0.3, bias_scale=bias_scale)
     data = ft.make_clusters(
-        jax.random.fold_in(key, 1), num_points=num_points, dim=width,
-        num_clusters=num_clusters, target_offset=target_offset,
+        jax.random.fold_in(key, 1),
+        num_points=num_points,
+        dim=width,
+        num_clusters=num_clusters,
+        target_offset=target_offset,
     )
     return net, data
 

@@ -18,8 +18,13 @@ def test_cluster_generator_statistics():
     """Documented: class means near the centres (targets - offset), within-class std = spread."""
     spread, offset = 0.25, np.array([0.5, -1.0, 0.0])
     data = ft.make_clusters(
-        jax.random.key(3), num_points=6000, num_clusters=4, dim=3, spread=spread,
-        separation=2.0, target_offset=offset,
+        jax.random.key(3),
+        num_points=6000,
+        num_clusters=4,
+        dim=3,
+        spread=spread,
+        separation=2.0,
+        target_offset=offset,
     )
     labels = np.asarray(data.labels)
     counts = np.bincount(labels)
@@ -50,16 +55,28 @@ def test_npz_round_trip(tmp_path):
     "kwargs, match",
     [
         (dict(x=np.zeros((0, 2)), labels=np.zeros(0, int)), r"`x` is empty"),
-        (dict(x=np.zeros((3, 2)), labels=np.array([0, 1, 3]), targets=np.zeros((2, 2))), r"`labels` must lie in 0..1"),
+        (
+            dict(x=np.zeros((3, 2)), labels=np.array([0, 1, 3]), targets=np.zeros((2, 2))),
+            r"`labels` must lie in 0..1",
+        ),
         (dict(x=np.zeros((3, 2)), labels=np.array([0, -1, 1])), r"`labels` must lie in 0..1"),
         (dict(x=np.zeros((3, 2)), labels=np.array([0, 0, 2])), r"class\(es\) \[1\] have no points"),
-        (dict(x=np.zeros((3, 2)), labels=np.array([0, 0, 1]), targets=np.zeros((3, 2))), r"class\(es\) \[2\] have no points"),
+        (
+            dict(x=np.zeros((3, 2)), labels=np.array([0, 0, 1]), targets=np.zeros((3, 2))),
+            r"class\(es\) \[2\] have no points",
+        ),
         (dict(x=np.zeros((3, 2)), labels=np.array([0.0, 1.0, 1.0])), "`labels` must be integers"),
         (dict(x=np.zeros((3, 2), int), labels=np.array([0, 1, 1])), "`x` has dtype int"),
         (dict(x=np.zeros((3, 2)), labels=np.array([0, 1])), r"`labels` must have shape \(N,\) = \(3,\)"),
         (dict(x=np.array([[0.0, np.inf], [0, 0]]), labels=np.array([0, 0])), "`x` contains 1 NaN or inf"),
-        (dict(x=np.zeros((3, 2)), labels=np.array([0, 1, 1]), targets=np.zeros((2, 3))), "`targets` has 3 features"),
-        (dict(x=np.zeros((2, 2)), labels=np.array([0, 1]), targets=np.array([[0.0, 0], [np.nan, 0]])), "`targets` contains 1 NaN"),
+        (
+            dict(x=np.zeros((3, 2)), labels=np.array([0, 1, 1]), targets=np.zeros((2, 3))),
+            "`targets` has 3 features",
+        ),
+        (
+            dict(x=np.zeros((2, 2)), labels=np.array([0, 1]), targets=np.array([[0.0, 0], [np.nan, 0]])),
+            "`targets` contains 1 NaN",
+        ),
     ],
 )
 def test_dataset_rejects_bad_input(kwargs, match):

@@ -26,9 +26,7 @@ def test_cumulative_matches_numpy(key, depth, width):
     assert np.allclose(b_cum, ref_b, rtol=1e-13, atol=1e-13)
 
 
-@pytest.mark.parametrize(
-    "dtype, rtol", [(jnp.float64, 1e-12), (jnp.float32, 2e-4)], ids=["f64", "f32"]
-)
+@pytest.mark.parametrize("dtype, rtol", [(jnp.float64, 1e-12), (jnp.float32, 2e-4)], ids=["f64", "f32"])
 @pytest.mark.parametrize("depth, width", [(2, 2), (4, 3), (6, 5)])
 def test_layer_identity(key, depth, width, dtype, rtol):
     """x^(l) = W^(l) x~^(l) + b^(l) for every layer (THEORY section 1)."""

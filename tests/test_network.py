@@ -105,7 +105,11 @@ def test_orthogonality_tolerance_depends_on_dtype():
     angle = 0.3
     rotation = np.array([[np.cos(angle), -np.sin(angle)], [np.sin(angle), np.cos(angle)]])
     slightly_off = rotation * (1 + 1e-6)
-    ft.AdaptedReLUNet(frame=slightly_off.astype(np.float32), scales=np.ones((1, 2), np.float32), biases=np.zeros((1, 2), np.float32))
+    ft.AdaptedReLUNet(
+        frame=slightly_off.astype(np.float32),
+        scales=np.ones((1, 2), np.float32),
+        biases=np.zeros((1, 2), np.float32),
+    )
     with pytest.raises(ValueError, match="not orthogonal"):
         ft.AdaptedReLUNet(frame=slightly_off, scales=np.ones((1, 2)), biases=np.zeros((1, 2)))
 

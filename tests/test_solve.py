@@ -27,14 +27,18 @@ def batch():
 
 def test_diffrax_matches_exact_frozen(batch):
     nets, datas, exact = batch
-    flow = eqx.filter_vmap(
-        lambda n, d: ft.solve_effective(n, d, ts=TS, train_weights=False, **TIGHT)
-    )(nets, datas)
+    flow = eqx.filter_vmap(lambda n, d: ft.solve_effective(n, d, ts=TS, train_weights=False, **TIGHT))(
+        nets, datas
+    )
     assert np.all(np.asarray(exact.result) == 0) and np.all(np.asarray(flow.result) == 0)
     kinds = np.asarray(exact.event_kinds)
     # the batch exercises every kind of switching surface
-    for kind in (ft.EVENT_KINDS.index("truncation"), ft.EVENT_KINDS.index("release"),
-                 ft.EVENT_KINDS.index("layer_switch"), ft.EVENT_KINDS.index("kink")):
+    for kind in (
+        ft.EVENT_KINDS.index("truncation"),
+        ft.EVENT_KINDS.index("release"),
+        ft.EVENT_KINDS.index("layer_switch"),
+        ft.EVENT_KINDS.index("kink"),
+    ):
         assert np.sum(kinds == kind) >= 1, ft.EVENT_KINDS[kind]
     assert np.array_equal(exact.num_events, flow.num_events)
     for field in ("event_kinds", "event_coords", "event_points", "event_layers"):
@@ -125,11 +129,20 @@ def test_trained_event_free_stretch_matches_scipy(batch):
         shape = theta0.shape
 
         def rhs(t, y):
-            dtheta, dscales = numpy_effective_rhs(y[: y.size // 2].reshape(shape), y[y.size // 2 :].reshape(shape), u, v)
+            dtheta, dscales = numpy_effective_rhs(
+                y[: y.size // 2].reshape(shape), y[y.size // 2 :].reshape(shape), u, v
+            )
             return np.concatenate([dtheta.ravel(), dscales.ravel()])
 
-        ref = solve_ivp(rhs, (0.0, t_end), np.concatenate([theta0.ravel(), scales0.ravel()]),
-                        method="DOP853", rtol=1e-10, atol=1e-12, t_eval=np.asarray(ts))
+        ref = solve_ivp(
+            rhs,
+            (0.0, t_end),
+            np.concatenate([theta0.ravel(), scales0.ravel()]),
+            method="DOP853",
+            rtol=1e-10,
+            atol=1e-12,
+            t_eval=np.asarray(ts),
+        )
         half = ref.y.shape[0] // 2
         ref_theta = ref.y[:half].T.reshape((-1,) + shape)
         ref_scales = ref.y[half:].T.reshape((-1,) + shape)

@@ -1,0 +1,276 @@
+"""Training the real network by gradient descent (optax), for comparison with the flow.
+
+The cost is the input-layer cost computed from the real forward pass,
+`x̃^(L) = (W^(L))^{-1}(x^(L) − b^(L))`, with autodiff gradients.
+
+- `mode="adapted"`: parameters are the diagonal entries `d_l` and biases `b_l`; the
+  frame is fixed (THEORY section 4 exactly).
+- `mode="unconstrained"`: full matrices `W_l` and biases, started from the adapted net.
+
+Time: with plain gradient descent (`optax.sgd(lr)`, the default) step k is `t = k·lr`.
+Other optax optimizers and minibatch SGD use the same nominal time `k·lr` (for minibatch
+SGD the expected step is the full gradient step; for adaptive optimizers it is only a
+label).
+"""
+
+import warnings
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import optax
+from jax import lax
+
+from ._cost import check_data, input_cost
+from ._data import Dataset
+from ._network import AdaptedReLUNet, ReLUNet
+from ._results import RESULTS
+from ._validate import is_concrete
+
+MODES = ("adapted", "unconstrained")
+
+
+def trainable_params(net: AdaptedReLUNet, mode: str):
+    if mode == "adapted":
+        return (net.scales, net.biases)
+    return (net.layer_weights(), net.biases)
+
+
+def rebuild(net: AdaptedReLUNet, mode: str, params):
+    """The network with trainable `params` and the fixed parts of `net`."""
+    if mode == "adapted":
+        scales, biases = params
+        return AdaptedReLUNet(frame=net.frame, scales=scales, biases=biases)
+    weights, biases = params
+    return ReLUNet(weights=weights, biases=biases)
+
+
+def _check_mode(mode):
+    if mode not in MODES:
+        raise ValueError(f"`mode` must be 'adapted' or 'unconstrained', got {mode!r}.")
+
+
+class TrainingRun(eqx.Module):
+    """Saved observables of a training run, at `ts = (0, s, 2s, ...)·lr`, `s = save_every`.
+
+    `thresholds` `(S, L, M)` and `scales` (cumulative) are read in the initial frame R:
+    `F = W^(l) Rᵀ`, `scales = diag F`, `thresholds = −b^(l)/diag F` (exact in adapted
+    mode). `drift` `(S, L)` is `‖F − diag F‖_F / ‖diag F‖`, zero on the adapted family.
+    `n_truncated` `(S, M)` counts points whose unit k is inactive in some layer of the
+    real forward pass. `result` is a `RESULTS` code; `diverged_step` is the first bad
+    step or -1. Values after a divergence are NaN. `net` is the final network.
+    """
+
+    ts: jax.Array
+    cost: jax.Array
+    cumulative_weights: jax.Array
+    cumulative_biases: jax.Array
+    thresholds: jax.Array
+    scales: jax.Array
+    drift: jax.Array
+    n_truncated: jax.Array
+    result: jax.Array
+    diverged_step: jax.Array
+    net: eqx.Module
+
+
+def truncated_counts(net, x):
+    """Per unit k, the number of points with a negative pre-activation in some layer."""
+
+    def step(h, wb):
+        weight, bias = wb
+        pre = h @ weight.T + bias[None]
+        return jnp.maximum(pre, 0.0), pre < 0
+
+    _, inactive = lax.scan(step, x, (net.layer_weights(), net.biases))
+    return jnp.sum(jnp.any(inactive, axis=0), axis=0).astype(jnp.int32)
+
+
+def observe(net, data: Dataset, frame):
+    """Cost, cumulative parameters, frame-read thresholds, drift, truncated counts."""
+    w_cum, b_cum = net.cumulative()
+    in_frame = w_cum @ frame.T[None]
+    diagonal = jnp.diagonal(in_frame, axis1=1, axis2=2)
+    off = in_frame - jax.vmap(jnp.diag)(diagonal)
+    drift = jnp.linalg.norm(off, axis=(1, 2)) / jnp.linalg.norm(diagonal, axis=1)
+    return dict(
+        cost=input_cost(net, data, method="forward"),
+        cumulative_weights=w_cum,
+        cumulative_biases=b_cum,
+        thresholds=-b_cum / diagonal,
+        scales=diagonal,
+        drift=drift,
+        n_truncated=truncated_counts(net, data.x),
+    )
+
+
+def stability_bound(net: AdaptedReLUNet, data: Dataset, *, mode: str = "adapted", iterations: int = 50):
+    r"""Largest stable gradient-descent step, `2/λ_max`, with λ_max the top eigenvalue of the
+    Hessian of the cost in the trainable parameters at `net` (the fastest rate of the
+    linearised gradient flow), by power iteration on Hessian-vector products."""
+    _check_mode(mode)
+    params = trainable_params(net, mode)
+
+    def cost(p):
+        return input_cost(rebuild(net, mode, p), data, method="forward")
+
+    def hvp(v):
+        return jax.jvp(jax.grad(cost), (params,), (v,))[1]
+
+    def norm(tree):
+        return jnp.sqrt(sum(jnp.sum(leaf**2) for leaf in jax.tree.leaves(tree)))
+
+    def power(v, _):
+        w = hvp(v)
+        return jax.tree.map(lambda a: a / (norm(w) + 1e-30), w), None
+
+    start = jax.tree.map(lambda a: jnp.ones_like(a) / jnp.sqrt(a.size), params)
+    v, _ = lax.scan(power, start, None, length=iterations)
+    top = jnp.abs(sum(jnp.vdot(a, b) for a, b in zip(jax.tree.leaves(v), jax.tree.leaves(hvp(v)))))
+    return 2.0 / top
+
+
+def train(
+    net: AdaptedReLUNet,
+    data: Dataset,
+    *,
+    lr: float,
+    steps: int,
+    save_every: int = 1,
+    mode: str = "adapted",
+    optimizer: optax.GradientTransformation | None = None,
+    batch_size: int | None = None,
+    key=None,
+    divergence_factor: float = 1e6,
+    check_stability: bool = True,
+) -> TrainingRun:
+    """Trains the real network on the input-layer cost with optax, in a `lax.scan`.
+
+    **Arguments:**
+
+    - `net`: the adapted network at t = 0 (also the start in unconstrained mode).
+    - `data`: a `Dataset` of matching width.
+    - `lr`: learning rate (> 0); `steps` (> 0) steps; observables every `save_every` steps
+      (must divide `steps`).
+    - `mode`: `"adapted"` or `"unconstrained"` (see the module docstring).
+    - `optimizer`: any `optax.GradientTransformation` (default `optax.sgd(lr)`).
+    - `batch_size`, `key`: minibatch SGD with batches drawn without replacement each step
+      from `key` (default: full batch).
+    - `divergence_factor`: a cost above this multiple of the initial cost, NaN/inf, or
+      (adapted mode) a scale `d_l <= 0` marks the seed diverged; its parameters stop
+      there. Unstable steps are often self-limiting in cost (θ* leaves the data and the
+      gradient vanishes), but they drive a scale through zero first.
+    - `check_stability`: warn when `lr` exceeds `stability_bound` (concrete inputs only).
+
+    **Returns:** a `TrainingRun`. `vmap` over seeds reports divergence per seed.
+    """
+    _check_mode(mode)
+    if not isinstance(net, AdaptedReLUNet):
+        raise ValueError(
+            f"`train` starts from an AdaptedReLUNet (both modes), got {type(net).__name__}; "
+            "build one with AdaptedReLUNet(frame=..., scales=..., biases=...)."
+        )
+    check_data(net, data)
+    if not (isinstance(lr, (int, float)) and lr > 0):
+        raise ValueError(f"`lr` must be a positive number, got {lr!r}.")
+    for name, value in (("steps", steps), ("save_every", save_every)):
+        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            raise ValueError(f"`{name}` must be a positive int, got {value!r}.")
+    if steps % save_every:
+        raise ValueError(
+            f"`save_every` ({save_every}) must divide `steps` ({steps}); e.g. steps="
+            f"{(steps // save_every + 1) * save_every}."
+        )
+    if optimizer is not None and not isinstance(optimizer, optax.GradientTransformation):
+        raise ValueError(
+            f"`optimizer` must be an optax.GradientTransformation (e.g. optax.adam(1e-3)), "
+            f"got {type(optimizer).__name__}."
+        )
+    if batch_size is not None:
+        if not isinstance(batch_size, int) or not 1 <= batch_size <= data.num_points:
+            raise ValueError(f"`batch_size` must be an int in 1..{data.num_points}, got {batch_size!r}.")
+        if key is None:
+            raise ValueError("minibatch SGD needs `key` to draw its batches; pass jax.random.key(seed).")
+    if not divergence_factor > 1:
+        raise ValueError(f"`divergence_factor` must be > 1, got {divergence_factor!r}.")
+    if check_stability and is_concrete(net.scales, net.biases, data.x):
+        bound = float(stability_bound(net, data, mode=mode))
+        if lr > bound:
+            warnings.warn(
+                f"lr = {lr} exceeds the estimated stability bound 2/λ_max = {bound:.4g} of "
+                "gradient descent at the initial point; the run may diverge.",
+                stacklevel=2,
+            )
+    key = jax.random.key(0) if key is None else key
+    # lr and the factor travel as arrays and the default optimizer is built inside the
+    # jitted function, so a new lr does not recompile.
+    dtype = net.biases.dtype
+    return _train(
+        net,
+        data,
+        jnp.asarray(lr, dtype),
+        steps,
+        save_every,
+        mode,
+        optimizer,
+        batch_size,
+        key,
+        jnp.asarray(divergence_factor, dtype),
+    )
+
+
+@eqx.filter_jit
+def _train(net, data, lr, steps, save_every, mode, optimizer, batch_size, key, divergence_factor):
+    frame = net.fixed_frame
+    params = trainable_params(net, mode)
+    optimizer = optax.sgd(lr) if optimizer is None else optimizer
+
+    def batch_cost(p, batch_key):
+        if batch_size is None:
+            batch = data
+        else:
+            index = jax.random.choice(batch_key, data.num_points, (batch_size,), replace=False)
+            batch = Dataset(x=data.x[index], labels=data.labels[index], targets=data.targets)
+        return input_cost(rebuild(net, mode, p), batch, method="forward")
+
+    initial_cost = input_cost(net, data, method="forward")
+
+    def step(carry, step_key):
+        p, opt_state, bad_step, index = carry
+        loss, grads = jax.value_and_grad(batch_cost)(p, step_key)
+        updates, new_state = optimizer.update(grads, opt_state, p)
+        new_p = optax.apply_updates(p, updates)
+        finite = jnp.all(jnp.stack([jnp.all(jnp.isfinite(leaf)) for leaf in jax.tree.leaves(new_p)]))
+        ok = jnp.isfinite(loss) & (loss <= divergence_factor * initial_cost) & finite
+        if mode == "adapted":  # a scale through zero leaves the adapted family
+            ok = ok & jnp.all(new_p[0] > 0)
+        alive = bad_step < 0
+        bad_step = jnp.where(alive & ~ok, index, bad_step)
+        advance = alive & ok
+        p = jax.tree.map(lambda new, old: jnp.where(advance, new, old), new_p, p)
+        opt_state = jax.tree.map(lambda new, old: jnp.where(advance, new, old), new_state, opt_state)
+        return (p, opt_state, bad_step, index + 1), None
+
+    def save_block(carry, block_keys):
+        carry, _ = lax.scan(step, carry, block_keys)
+        p, _, bad_step, _ = carry
+        seen = observe(rebuild(net, mode, p), data, frame)
+        blank = lambda a: jnp.where(bad_step < 0, a, jnp.nan)  # noqa: E731
+        seen = {name: value if name == "n_truncated" else blank(value) for name, value in seen.items()}
+        return carry, seen
+
+    num_saves = steps // save_every
+    keys = jax.random.split(key, steps).reshape((num_saves, save_every))
+    start = (params, optimizer.init(params), jnp.array(-1, jnp.int32), jnp.array(0, jnp.int32))
+    first = observe(net if mode == "adapted" else net.to_general(), data, frame)
+    final, saved = lax.scan(save_block, start, keys)
+    history = jax.tree.map(lambda a, b: jnp.concatenate([a[None], b]), first, saved)
+    dtype = history["cost"].dtype
+    bad_step = final[2]
+    return TrainingRun(
+        ts=jnp.arange(num_saves + 1, dtype=dtype) * (save_every * lr),
+        result=jnp.where(bad_step < 0, RESULTS.successful, RESULTS.diverged).astype(jnp.int32),
+        diverged_step=bad_step,
+        net=rebuild(net, mode, final[0]),
+        **history,
+    )
