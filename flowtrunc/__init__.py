@@ -2,11 +2,14 @@
 
 import importlib.metadata
 
+from ._compare import CompareConfig as CompareConfig
+from ._compare import compare as compare
 from ._cost import coordinate_costs as coordinate_costs
 from ._cost import input_cost as input_cost
 from ._data import Dataset as Dataset
 from ._data import load_npz as load_npz
 from ._data import make_clusters as make_clusters
+from ._data import make_staircase as make_staircase
 from ._effective import EffectiveVelocity as EffectiveVelocity
 from ._effective import effective_field as effective_field
 from ._events import EVENT_KINDS as EVENT_KINDS

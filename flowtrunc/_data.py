@@ -153,3 +153,44 @@ def load_npz(path: str | os.PathLike) -> Dataset:
             x = x.astype(np.float64)
         targets = archive["targets"] if "targets" in archive.files else None
         return Dataset(x=x, labels=archive["labels"], targets=targets)
+
+
+def make_staircase(
+    key: PRNGKeyArray,
+    frame: Float[Array, "width width"],
+    *,
+    num_points: int = 60,
+    num_clusters: int = 3,
+    spread: float = 0.25,
+    separation: float = 2.5,
+    jitter: float = 0.3,
+    target_offset: float = 1.0,
+    dtype=None,
+) -> Dataset:
+    r"""Clusters stacked along the diagonal of a frame: the collapse scenario.
+
+    In frame coordinates $u = Rx$ (R = `frame`): centres
+    $c_q = q\,\text{separation}\,\mathbf 1 + \text{jitter}\,z_q$ (q = 0..Q-1), points
+    $u_j = c_{\omega(j)} + \text{spread}\,\varepsilon_j$, targets
+    $v_q = c_q + \text{target\_offset}\,\mathbf 1$, labels $\omega(j) = j \bmod Q$; inputs
+    and targets are mapped back by $R^T$. With an offset of several spreads but below the
+    gap to the next cluster, the effective flow lifts θ* through the lowest cluster in
+    every coordinate, toward its target: that cluster collapses to a point.
+    """
+    for name, value in (("num_points", num_points), ("num_clusters", num_clusters)):
+        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            raise ValueError(f"`{name}` must be a positive int, got {value!r}.")
+    if num_points < num_clusters:
+        raise ValueError(f"`num_points` ({num_points}) must be >= `num_clusters` ({num_clusters}).")
+    if not spread > 0 or not separation >= 0 or not jitter >= 0:
+        raise ValueError("`spread` must be > 0, `separation` and `jitter` >= 0.")
+    frame = float_array("frame", frame, ndim=2)
+    dtype = frame.dtype if dtype is None else jnp.zeros((), dtype).dtype
+    width = frame.shape[0]
+    kc, kx = jax.random.split(key)
+    steps = jnp.arange(num_clusters, dtype=dtype)[:, None] * separation
+    centres = steps + jitter * jax.random.normal(kc, (num_clusters, width), dtype)
+    labels = jnp.arange(num_points) % num_clusters
+    u = centres[labels] + spread * jax.random.normal(kx, (num_points, width), dtype)
+    frame = frame.astype(dtype)
+    return Dataset(x=u @ frame, labels=labels, targets=(centres + target_offset) @ frame)

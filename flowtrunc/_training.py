@@ -143,6 +143,7 @@ def train(
     key=None,
     divergence_factor: float = 1e6,
     check_stability: bool = True,
+    train_weights: bool = True,
 ) -> TrainingRun:
     """Trains the real network on the input-layer cost with optax, in a `lax.scan`.
 
@@ -161,6 +162,8 @@ def train(
       there. Unstable steps are often self-limiting in cost (θ* leaves the data and the
       gradient vanishes), but they drive a scale through zero first.
     - `check_stability`: warn when `lr` exceeds `stability_bound` (concrete inputs only).
+    - `train_weights`: False trains the biases only (the weights keep their initial,
+      adapted values in either mode), the counterpart of `solve_effective`'s frozen mode.
 
     **Returns:** a `TrainingRun`. `vmap` over seeds reports divergence per seed.
     """
@@ -194,7 +197,7 @@ def train(
     if not divergence_factor > 1:
         raise ValueError(f"`divergence_factor` must be > 1, got {divergence_factor!r}.")
     if check_stability and is_concrete(net.scales, net.biases, data.x):
-        bound = float(stability_bound(net, data, mode=mode))
+        bound = float(stability_bound(net, data, mode=mode if train_weights else "adapted"))
         if lr > bound:
             warnings.warn(
                 f"lr = {lr} exceeds the estimated stability bound 2/λ_max = {bound:.4g} of "
@@ -216,11 +219,14 @@ def train(
         batch_size,
         key,
         jnp.asarray(divergence_factor, dtype),
+        bool(train_weights),
     )
 
 
 @eqx.filter_jit
-def _train(net, data, lr, steps, save_every, mode, optimizer, batch_size, key, divergence_factor):
+def _train(
+    net, data, lr, steps, save_every, mode, optimizer, batch_size, key, divergence_factor, train_weights
+):
     frame = net.fixed_frame
     params = trainable_params(net, mode)
     optimizer = optax.sgd(lr) if optimizer is None else optimizer
@@ -238,6 +244,8 @@ def _train(net, data, lr, steps, save_every, mode, optimizer, batch_size, key, d
     def step(carry, step_key):
         p, opt_state, bad_step, index = carry
         loss, grads = jax.value_and_grad(batch_cost)(p, step_key)
+        if not train_weights:
+            grads = (jnp.zeros_like(grads[0]), grads[1])
         updates, new_state = optimizer.update(grads, opt_state, p)
         new_p = optax.apply_updates(p, updates)
         finite = jnp.all(jnp.stack([jnp.all(jnp.isfinite(leaf)) for leaf in jax.tree.leaves(new_p)]))

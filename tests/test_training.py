@@ -146,7 +146,9 @@ def test_batch_of_seeds_with_one_diverging(default):
     assert 0 <= int(runs.diverged_step[1]) < 100 and np.all(np.asarray(runs.diverged_step)[[0, 2, 3]] == -1)
     assert np.isnan(np.asarray(runs.cost)[1, -1]) and np.all(np.isfinite(np.asarray(runs.cost)[[0, 2, 3]]))
     assert "lower the learning rate" in ft.describe(runs.result)[1]
-    single = ft.train(*jax.tree.map(lambda a: a[2], (nets, datas)), lr=0.1, steps=100, save_every=10, check_stability=False)
+    single = ft.train(
+        *jax.tree.map(lambda a: a[2], (nets, datas)), lr=0.1, steps=100, save_every=10, check_stability=False
+    )
     assert np.allclose(runs.cost[2], single.cost, rtol=1e-12)
 
 

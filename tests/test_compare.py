@@ -1,0 +1,220 @@
+"""The comparison engine and the `flowtrunc compare` / `report` commands."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+from flowtrunc._cli import main
+from flowtrunc._compare import CompareConfig, compare
+from flowtrunc._output import run_compare
+
+TINY = dict(seeds=8, points=12, clusters=2, t1=1.0, lr=0.02, saves=10, chunk_size=4, keep=2)
+SUMMARY_KEYS = {
+    "seeds",
+    "ok_seeds",
+    "flow_failures",
+    "training_divergences",
+    "lr",
+    "t1",
+    "mode",
+    "freeze_weights",
+    "seeds_with_collapse_flow",
+    "seeds_with_collapse_train",
+    "collapse_time_flow",
+    "threshold_error",
+    "cost_error",
+    "truncation_agreement",
+    "event_time_error",
+    "num_events",
+    "unmatched_events",
+    "collapse_time_error",
+    "drift",
+}
+
+
+def _metrics(out_dir):
+    with np.load(os.path.join(out_dir, "seeds.npz")) as archive:
+        return {key: archive[key] for key in archive.files}
+
+
+def _assert_same(a, b, rtol=0.0, atol=0.0):
+    assert a.keys() == b.keys()
+    for key in a:
+        np.testing.assert_allclose(a[key], b[key], rtol=rtol, atol=atol, err_msg=key)
+
+
+def test_cli_end_to_end(tmp_path, capsys):
+    config = tmp_path / "c.json"
+    config.write_text(json.dumps(TINY))
+    out = tmp_path / "run"
+    assert main(["compare", "--out", str(out), "--config", str(config), "--mode", "unconstrained"]) == 0
+    files = set(os.listdir(out))
+    assert {"config.json", "summary.json", "seeds.npz", "trajectories.npz", "figures", "chunks"} <= files
+    assert sorted(os.listdir(out / "figures")) == sorted(
+        ["thresholds.png", "cost.png", "errors.png", "truncation.png", "plane.png"]
+    )
+    summary = json.loads((out / "summary.json").read_text())
+    assert set(summary) == SUMMARY_KEYS
+    assert summary["seeds"] == 8 and summary["mode"] == "unconstrained"
+    assert summary["drift"]["q50"] > 1e-4  # unconstrained training drifts
+    saved = json.loads((out / "config.json").read_text())
+    assert saved == CompareConfig.from_dict({**TINY, "mode": "unconstrained"}).to_dict()
+    metrics = _metrics(out)
+    assert list(metrics["seed"]) == list(range(8))
+    assert "seeds ok" in capsys.readouterr().out
+    os.remove(out / "figures" / "cost.png")
+    assert main(["report", str(out)]) == 0 and os.path.isfile(out / "figures" / "cost.png")
+
+
+def test_resume_after_interruption_gives_identical_results(tmp_path):
+    config = CompareConfig(**TINY)
+    whole, part = str(tmp_path / "whole"), str(tmp_path / "part")
+    assert run_compare(config, whole, progress=False)
+    assert not run_compare(config, part, max_chunks=1, progress=False)
+    assert os.listdir(os.path.join(part, "chunks")) == ["chunk_00000.npz"]
+    assert not os.path.exists(os.path.join(part, "seeds.npz"))
+    assert run_compare(config, part, resume=True, progress=False)
+    _assert_same(_metrics(whole), _metrics(part))
+
+
+def test_results_do_not_depend_on_chunk_size(tmp_path):
+    small = compare(CompareConfig(**{**TINY, "chunk_size": 4}))[0]
+    large = compare(CompareConfig(**{**TINY, "chunk_size": 8}))[0]
+    _assert_same(small, large, rtol=1e-12)
+
+
+def _cli(args, env_extra=None):
+    env = {**os.environ, **(env_extra or {})}
+    return subprocess.Popen(
+        [sys.executable, "-m", "flowtrunc._cli", *args],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+@pytest.mark.slow
+def test_results_identical_on_one_and_four_devices(tmp_path):
+    config = tmp_path / "c.json"
+    config.write_text(json.dumps({**TINY, "chunk_size": 3}))
+    runs = {}
+    for devices in (1, 4):
+        out = str(tmp_path / f"d{devices}")
+        flags = f"--xla_force_host_platform_device_count={devices}"
+        process = _cli(["compare", "--out", out, "--config", str(config)], {"XLA_FLAGS": flags})
+        _, err = process.communicate(timeout=600)
+        assert process.returncode == 0, err
+        assert f"{devices} device(s)" in err
+        runs[devices] = _metrics(out)
+    # summation order may differ across devices: float tolerance, and an absolute floor
+    # for metrics that are zero up to roundoff (adapted drift ~ 1e-16)
+    _assert_same(runs[1], runs[4], rtol=1e-9, atol=1e-14)
+
+
+@pytest.mark.slow
+def test_killed_process_resumes_to_identical_results(tmp_path):
+    config = tmp_path / "c.json"
+    config.write_text(json.dumps({**TINY, "seeds": 16}))
+    out = tmp_path / "killed"
+    process = _cli(["compare", "--out", str(out), "--config", str(config)])
+    deadline = time.time() + 300
+    while not (out / "chunks" / "chunk_00000.npz").exists():
+        assert time.time() < deadline and process.poll() is None
+        time.sleep(0.2)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    done = len(os.listdir(out / "chunks"))
+    assert 1 <= done < 4 and not (out / "seeds.npz").exists()
+    resumed = _cli(["compare", "--out", str(out), "--config", str(config), "--resume"])
+    _, err = resumed.communicate(timeout=600)
+    assert resumed.returncode == 0, err
+    reference = tmp_path / "reference"
+    assert run_compare(CompareConfig(**{**TINY, "seeds": 16}), str(reference), progress=False)
+    _assert_same(_metrics(out), _metrics(reference))
+
+
+def test_default_scenario_agrees_to_order_lr():
+    """On the default scenario (few seeds), the threshold error of adapted training
+    against the flow halves with lr, as measured in the training tests."""
+    errors = []
+    for lr in (0.01, 0.005):
+        metrics, _ = compare(CompareConfig(seeds=8, chunk_size=8, lr=lr))
+        assert np.all(metrics["flow_result"] == 0) and np.all(metrics["train_result"] == 0)
+        errors.append(np.median(metrics["threshold_error"]))
+        assert np.mean(metrics["collapsed_flow"] > 0) >= 0.5  # collapse is visible
+    assert errors[0] < 5e-3 and 0.4 < errors[1] / errors[0] < 0.6, errors
+
+
+def test_user_dataset(tmp_path):
+    rng = np.random.default_rng(1)
+    x = rng.normal(size=(20, 3))
+    labels = np.arange(20) % 2
+    path = tmp_path / "mine.npz"
+    np.savez(path, x=x, labels=labels)
+    metrics, trajectories = compare(CompareConfig(**{**TINY, "data": str(path)}))
+    assert trajectories["u"].shape == (2, 20, 3) and np.all(metrics["flow_result"] == 0)
+    # the same data for every seed, different nets
+    assert np.allclose(trajectories["u"][0] @ trajectories["frame"][0], x)
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--mode", "unconstrained", "--freeze-weights"], "contradicts `freeze_weights`"),
+        (["--lr", "0.03"], "must be an integer multiple of `saves`"),
+        (["--seeds", "0"], "`seeds` must be a positive int"),
+        (["--data", "DATA", "--dim", "3"], "--data fixes the dimension"),
+        (["--data", "MISSING"], "does not exist"),
+        (["--data", "BAD"], "lacks array"),
+        (["--config", "UNKNOWN"], r"unknown config key\(s\) \['speed'\]"),
+        (["--config", "MISSING"], "--config .* does not exist"),
+    ],
+)
+def test_cli_rejects_bad_options(tmp_path, capsys, argv, message):
+    good = tmp_path / "good.npz"
+    np.savez(good, x=np.zeros((4, 2)), labels=np.array([0, 1, 0, 1]))
+    bad = tmp_path / "bad.npz"
+    np.savez(bad, x=np.zeros((4, 2)))
+    unknown = tmp_path / "unknown.json"
+    unknown.write_text(json.dumps({"speed": 3}))
+    names = {"DATA": good, "BAD": bad, "MISSING": tmp_path / "nope", "UNKNOWN": unknown}
+    argv = [str(names.get(a, a)) for a in argv]
+    out = tmp_path / "out"
+    assert main(["compare", "--out", str(out), *argv]) == 2
+    assert __import__("re").search(message, capsys.readouterr().err)
+    assert not out.exists()  # nothing written
+
+
+def test_directories_are_never_overwritten(tmp_path, capsys):
+    config = tmp_path / "c.json"
+    config.write_text(json.dumps(TINY))
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "notes.txt").write_text("mine")
+    assert main(["compare", "--out", str(other), "--config", str(config)]) == 2
+    assert "holds something else" in capsys.readouterr().err
+    assert os.listdir(other) == ["notes.txt"]
+    run = tmp_path / "run"
+    assert main(["compare", "--out", str(run), "--config", str(config)]) == 0
+    before = (run / "seeds.npz").read_bytes()
+    assert main(["compare", "--out", str(run), "--config", str(config)]) == 2
+    assert "pass --resume" in capsys.readouterr().err
+    assert main(["compare", "--out", str(run), "--config", str(config), "--resume", "--lr", "0.01"]) == 2
+    assert "made with another config (lr: saved 0.02 vs now 0.01" in capsys.readouterr().err
+    assert (run / "seeds.npz").read_bytes() == before
+    assert main(["compare", "--out", str(tmp_path / "none"), "--resume"]) == 2
+    assert "no run to resume" in capsys.readouterr().err
+    assert main(["report", str(tmp_path / "none")]) == 2
+    assert "holds no finished run" in capsys.readouterr().err
+
+
+def test_precision_32_is_refused_in_an_x64_process():
+    with pytest.raises(ValueError, match="`precision=32` was asked for but JAX runs with x64"):
+        compare(CompareConfig(**{**TINY, "precision": 32}))
