@@ -37,7 +37,7 @@ class CompareConfig:
     `chunk_size` seeds per chunk, `keep` seeds whose trajectories are saved for figures.
     """
 
-    seeds: int = 2048
+    seeds: int = 8192
     depth: int = 3
     dim: int = 2
     points: int = 60
