@@ -9,6 +9,17 @@ import argparse
 import jax
 
 
+def default_problem(key):
+    """The `flowtrunc demo` scenario: L=3, M=2, N=30, Q=3."""
+    import flowtrunc as ft
+
+    net = ft.AdaptedReLUNet.random(key, 3, 2, scale_spread=0.3, bias_scale=0.6)
+    data = ft.make_clusters(
+        jax.random.fold_in(key, 1), num_points=30, num_clusters=3, dim=2, target_offset=0.4
+    )
+    return net, data
+
+
 def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--seeds", type=int, default=1024)
@@ -24,15 +35,8 @@ def main():
 
     import flowtrunc as ft
 
-    def problem(key):
-        net = ft.AdaptedReLUNet.random(key, 3, 2, scale_spread=0.3, bias_scale=0.6)
-        data = ft.make_clusters(
-            jax.random.fold_in(key, 1), num_points=30, num_clusters=3, dim=2, target_offset=0.4
-        )
-        return net, data
-
     keys = jax.random.split(jax.random.key(0), args.seeds)
-    nets, datas = eqx.filter_vmap(problem)(keys)
+    nets, datas = eqx.filter_vmap(default_problem)(keys)
     ts = jnp.linspace(0.0, 4.0, 9)
     rows = []
     for name, solve in (

@@ -118,8 +118,10 @@ def run_segments(propagate, stats, theta0, scales0, ts, t1, *, max_segments, max
         result = jnp.where(ok, carry.result, RESULTS.solver_failed)
         result = jnp.where(capped, RESULTS.max_segments_reached, result).astype(jnp.int32)
         pick = lambda new, old: jnp.where(hit, new, old)  # noqa: E731
+        # A finished seed moves to t1: under vmap its (discarded) later iterations are then
+        # zero-length solves instead of re-integrating its last segment each time.
         return _Carry(
-            t=jnp.where(hit, t_end, carry.t),
+            t=jnp.where(hit | ok, t_end, t1),
             theta=pick(new_theta, theta),
             scales=scales,
             disc=jax.tree.map(pick, disc, carry.disc),
