@@ -56,6 +56,7 @@ def scipy_flow(theta, scales, u, v, t1, rtol, atol):
     def make_events(active, count, moving):
         events = []
         for k in range(width):
+
             def distance(t, y, *_, k=k):
                 th = y[: depth * width].reshape(depth, width)
                 star = th[active[k], k]
@@ -80,8 +81,16 @@ def scipy_flow(theta, scales, u, v, t1, rtol, atol):
     t, events_seen = 0.0, 0
     active, count, moving = discrete(theta)
     while t < t1:
-        sol = solve_ivp(rhs, (t, t1), y, method="RK45", rtol=rtol, atol=atol,
-                        events=make_events(active, count, moving), args=(active, count, moving))
+        sol = solve_ivp(
+            rhs,
+            (t, t1),
+            y,
+            method="RK45",
+            rtol=rtol,
+            atol=atol,
+            events=make_events(active, count, moving),
+            args=(active, count, moving),
+        )
         t, y = sol.t[-1], sol.y[:, -1].copy()
         if sol.status != 1:
             break
@@ -146,13 +155,23 @@ def main():
         raise SystemExit(f"answers differ: max |Δθ| = {worst:.3g}")
     per_seed_scipy = float(np.median(scipy_times))
     per_seed_ours = warm / args.seeds
-    report("vs_scipy", [{
-        "seeds_flowtrunc": args.seeds, "seeds_scipy": args.scipy_seeds,
-        "flowtrunc_compile_plus_first_s": round(first, 3), "flowtrunc_warm_median_s": round(warm, 4),
-        "flowtrunc_s_per_seed": per_seed_ours, "scipy_median_s_per_seed": per_seed_scipy,
-        "scipy_loop_estimate_s_for_all_seeds": per_seed_scipy * args.seeds,
-        "speedup": per_seed_scipy / per_seed_ours, "max_abs_threshold_difference": worst,
-    }], args.out)
+    report(
+        "vs_scipy",
+        [
+            {
+                "seeds_flowtrunc": args.seeds,
+                "seeds_scipy": args.scipy_seeds,
+                "flowtrunc_compile_plus_first_s": round(first, 3),
+                "flowtrunc_warm_median_s": round(warm, 4),
+                "flowtrunc_s_per_seed": per_seed_ours,
+                "scipy_median_s_per_seed": per_seed_scipy,
+                "scipy_loop_estimate_s_for_all_seeds": per_seed_scipy * args.seeds,
+                "speedup": per_seed_scipy / per_seed_ours,
+                "max_abs_threshold_difference": worst,
+            }
+        ],
+        args.out,
+    )
 
 
 if __name__ == "__main__":

@@ -109,6 +109,14 @@ def stability_bound(net: AdaptedReLUNet, data: Dataset, *, mode: str = "adapted"
     Hessian of the cost in the trainable parameters at `net` (the fastest rate of the
     linearised gradient flow), by power iteration on Hessian-vector products."""
     _check_mode(mode)
+    if not isinstance(iterations, int) or iterations < 1:
+        raise ValueError(f"`iterations` must be a positive int, got {iterations!r}.")
+    check_data(net, data)
+    return _stability_bound(net, data, mode, iterations)
+
+
+@eqx.filter_jit
+def _stability_bound(net, data, mode, iterations):
     params = trainable_params(net, mode)
 
     def cost(p):

@@ -1,0 +1,104 @@
+"""What the theory saves: the effective flow against real training at equal accuracy of
+the predicted thresholds, at N = 10^4 points, same horizon t1 = 5.
+
+Training's threshold error is first order in lr (measured here at two step sizes, error
+≈ C·lr); reaching an accuracy ε takes t1·C/ε steps. Training time at ε is the measured
+time per step times that step count (measured directly where it is affordable); the flow
+is timed at a tolerance whose own error (against a tight Dopri8 reference) is below ε.
+
+    python flow_vs_training.py [--points 10000] [--seeds 8] [--out FILE]
+"""
+
+import argparse
+
+import jax
+
+jax.config.update("jax_enable_x64", True)
+
+
+def main():
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--points", type=int, default=10000)
+    parser.add_argument("--seeds", type=int, default=8)
+    parser.add_argument("--out", default=None)
+    args = parser.parse_args()
+    import diffrax
+    import equinox as eqx
+    import jax.numpy as jnp
+    import numpy as np
+    from _common import report, timed
+
+    import flowtrunc as ft
+    from flowtrunc._compare import CompareConfig, seed_problem
+
+    t1 = 5.0
+    config = CompareConfig(points=args.points)
+    nets, datas = jax.vmap(lambda s: seed_problem(s, config, None))(np.arange(args.seeds))
+    ts = jnp.array([0.0, t1])
+
+    def flow(rtol, atol, solver=None):
+        fn = lambda n, d: ft.solve_effective(n, d, ts=ts, rtol=rtol, atol=atol, solver=solver)  # noqa: E731
+        return eqx.filter_jit(eqx.filter_vmap(fn))
+
+    reference = flow(1e-11, 1e-13, diffrax.Dopri8())(nets, datas).thresholds[:, -1]
+
+    def error(thresholds):
+        return float(jnp.max(jnp.abs(thresholds - reference)))
+
+    flows = []
+    for rtol, atol in ((1e-4, 1e-6), (1e-6, 1e-8), (1e-8, 1e-10)):
+        first, warm, out = timed(flow(rtol, atol), nets, datas, repeats=2)
+        flows.append({"rtol": rtol, "seconds": warm, "error": error(out.thresholds[:, -1])})
+
+    trainings = []
+    for lr in (0.02, 0.01):
+        steps = int(round(t1 / lr))
+        fn = lambda n, d, lr=lr, steps=steps: ft.train(  # noqa: E731
+            n, d, lr=lr, steps=steps, save_every=steps, check_stability=False
+        )
+        first, warm, out = timed(eqx.filter_jit(eqx.filter_vmap(fn)), nets, datas, repeats=2)
+        trainings.append({"lr": lr, "steps": steps, "seconds": warm, "error": error(out.thresholds[:, -1])})
+    constant = trainings[-1]["error"] / trainings[-1]["lr"]
+    order = np.log(trainings[0]["error"] / trainings[1]["error"]) / np.log(2)
+    per_step = trainings[-1]["seconds"] / trainings[-1]["steps"]
+
+    rows = []
+    for target in (1e-3, 1e-4, 1e-5, 1e-6):
+        candidates = [f for f in flows if f["error"] <= target]
+        if not candidates:
+            continue
+        fastest = min(candidates, key=lambda f: f["seconds"])
+        steps = t1 * constant / target
+        rows.append(
+            {
+                "target_threshold_error": target,
+                "flow_rtol": fastest["rtol"],
+                "flow_s": fastest["seconds"],
+                "flow_error": fastest["error"],
+                "training_lr": target / constant,
+                "training_steps": int(steps),
+                "training_s_estimated": steps * per_step,
+                "ratio": steps * per_step / fastest["seconds"],
+            }
+        )
+    report(
+        "flow_vs_training",
+        [
+            {
+                "points": args.points,
+                "seeds": args.seeds,
+                "t1": t1,
+                "flow_runs": flows,
+                "training_runs": trainings,
+                "training_error_constant": constant,
+                "training_error_order": order,
+                "seconds_per_training_step": per_step,
+                "equal_accuracy": rows,
+            }
+        ],
+        args.out,
+    )
+
+
+if __name__ == "__main__":
+    main()
