@@ -21,6 +21,7 @@ from ._effective import gamma_column
 from ._flow import solve_effective
 from ._network import AdaptedReLUNet
 from ._training import MODES, train
+from ._validate import check_positive_int
 
 
 @dataclasses.dataclass(frozen=True)
@@ -62,9 +63,7 @@ class CompareConfig:
 
     def __post_init__(self):
         for name in ("seeds", "depth", "dim", "points", "clusters", "saves", "chunk_size"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise ValueError(f"`{name}` must be a positive int, got {value!r}.")
+            check_positive_int(name, getattr(self, name))
         if not isinstance(self.keep, int) or self.keep < 0:
             raise ValueError(f"`keep` must be an int >= 0, got {self.keep!r}.")
         for name in ("spread", "lr", "t1", "rtol", "atol"):

@@ -8,7 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from ._custom_types import Array, Float, Int, PRNGKeyArray
-from ._validate import check_finite, float_array, is_concrete
+from ._validate import check_finite, check_positive_int, float_array, is_concrete
 
 
 class Dataset(eqx.Module):
@@ -108,8 +108,7 @@ def make_clusters(
     are the true centres shifted by `target_offset`.
     """
     for name, value in (("num_points", num_points), ("num_clusters", num_clusters), ("dim", dim)):
-        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-            raise ValueError(f"`{name}` must be a positive int, got {value!r}.")
+        check_positive_int(name, value)
     if num_points < num_clusters:
         raise ValueError(
             f"`num_points` ({num_points}) must be >= `num_clusters` ({num_clusters}) so "
@@ -178,8 +177,7 @@ def make_staircase(
     every coordinate, toward its target: that cluster collapses to a point.
     """
     for name, value in (("num_points", num_points), ("num_clusters", num_clusters)):
-        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-            raise ValueError(f"`{name}` must be a positive int, got {value!r}.")
+        check_positive_int(name, value)
     if num_points < num_clusters:
         raise ValueError(f"`num_points` ({num_points}) must be >= `num_clusters` ({num_clusters}).")
     if not spread > 0 or not separation >= 0 or not jitter >= 0:

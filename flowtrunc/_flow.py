@@ -13,9 +13,9 @@ from ._effective import check_adapted, effective_velocity, gamma_column
 from ._events import Discrete, first_event_distance
 from ._input_space import thresholds
 from ._network import AdaptedReLUNet
-from ._solve import EffectiveSolution, assemble, run_segments
+from ._solve import EffectiveSolution, solve_segments
 from ._statistics import coordinate_stats, cost_gradient
-from ._validate import float_array, is_concrete
+from ._validate import check_positive_int, float_array, is_concrete
 
 
 def _check_times(ts, t1):
@@ -38,11 +38,6 @@ def _check_times(ts, t1):
     return ts, t1
 
 
-def _check_positive_int(name, value):
-    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-        raise ValueError(f"`{name}` must be a positive int, got {value!r}.")
-
-
 def _prepare(net, data, ts, t1, max_segments, max_events, entry_point):
     check_adapted(net, entry_point)
     check_data(net, data)
@@ -50,18 +45,13 @@ def _prepare(net, data, ts, t1, max_segments, max_events, entry_point):
     bound = net.width * (data.num_points + net.depth + 1) + 2
     max_segments = bound if max_segments is None else max_segments
     max_events = bound if max_events is None else max_events
-    _check_positive_int("max_segments", max_segments)
-    _check_positive_int("max_events", max_events)
+    check_positive_int("max_segments", max_segments)
+    check_positive_int("max_events", max_events)
     theta, scales = thresholds(net)
     dtype = jnp.result_type(theta, data.x, ts)
     stats = coordinate_stats(net.fixed_frame.astype(dtype), data)
     theta, scales, ts, t1 = (a.astype(dtype) for a in (theta, scales, ts, t1))
     return stats, theta, scales, ts, t1, max_segments, max_events
-
-
-def _event_tolerance(stats):
-    eps = jnp.finfo(stats.u_sorted.dtype).eps
-    return 1000 * eps * (1 + jnp.max(jnp.abs(stats.u_sorted)))
 
 
 def _default_tolerances(dtype):
@@ -119,7 +109,7 @@ def solve_effective(
     atol = default_atol if atol is None else atol
     if not (rtol > 0 and atol > 0):
         raise ValueError(f"`rtol` and `atol` must be > 0, got {rtol}, {atol}.")
-    _check_positive_int("max_steps", max_steps)
+    check_positive_int("max_steps", max_steps)
     return _solve_diffrax(
         stats,
         theta,
@@ -186,18 +176,9 @@ def _solve_diffrax(
         (theta_ts, scales_ts), (theta_end, scales_end) = sol.ys
         return sol.ts[1][-1], theta_end[-1], scales_end[-1], theta_ts, scales_ts, hit, ok
 
-    final = run_segments(
-        propagate,
-        stats,
-        theta,
-        scales,
-        ts,
-        t1,
-        max_segments=max_segments,
-        max_events=max_events,
-        tolerance=_event_tolerance(stats),
+    return solve_segments(
+        propagate, stats, theta, scales, ts, t1, max_segments=max_segments, max_events=max_events
     )
-    return assemble(final, stats, ts)
 
 
 def solve_frozen_exact(
@@ -265,15 +246,6 @@ def _solve_exact(stats, theta, scales, ts, t1, max_segments, max_events):
         scales_ts = jnp.broadcast_to(scales, theta_ts.shape)
         return t_end, state_at(t_end), scales, theta_ts, scales_ts, hit, jnp.array(True)
 
-    final = run_segments(
-        propagate,
-        stats,
-        theta,
-        scales,
-        ts,
-        t1,
-        max_segments=max_segments,
-        max_events=max_events,
-        tolerance=_event_tolerance(stats),
+    return solve_segments(
+        propagate, stats, theta, scales, ts, t1, max_segments=max_segments, max_events=max_events
     )
-    return assemble(final, stats, ts)

@@ -16,6 +16,7 @@ from ._validate import (
     check_finite,
     check_orthogonal,
     check_positive,
+    check_positive_int,
     check_shape,
     float_array,
 )
@@ -182,10 +183,8 @@ class AdaptedReLUNet(AbstractReLUNet):
         - scales: `exp(scale_spread * z)`, z standard normal (log-normal around 1);
         - biases: `bias_scale * z`, z standard normal.
         """
-        if not (isinstance(depth, int) and depth >= 1):
-            raise ValueError(f"`depth` must be a positive int, got {depth!r}.")
-        if not (isinstance(width, int) and width >= 1):
-            raise ValueError(f"`width` must be a positive int, got {width!r}.")
+        check_positive_int("depth", depth)
+        check_positive_int("width", width)
         if scale_spread < 0 or bias_scale < 0:
             raise ValueError("`scale_spread` and `bias_scale` must be >= 0.")
         dtype = jnp.zeros((), dtype).dtype if dtype is not None else jnp.result_type(float)

@@ -73,10 +73,19 @@ def _record(events, num_events, t, fired, max_events):
     return events, num_events + jnp.sum(mask, dtype=jnp.int32)
 
 
-def run_segments(propagate, stats, theta0, scales0, ts, t1, *, max_segments, max_events, tolerance):
-    """Shared segment loop. `propagate(t, theta, scales, disc)` integrates to the first
-    event or `t1` and returns `(t_end, theta_end, scales_end, theta_ts, scales_ts, hit, ok)`
-    with the state at the (clipped) `ts` of this segment."""
+def _event_tolerance(stats):
+    """Distance under which a surface counts as reached along with the nearest one."""
+    eps = jnp.finfo(stats.u_sorted.dtype).eps
+    return 1000 * eps * (1 + jnp.max(jnp.abs(stats.u_sorted)))
+
+
+def solve_segments(propagate, stats, theta0, scales0, ts, t1, *, max_segments, max_events):
+    """Shared segment loop, returning the `EffectiveSolution`.
+
+    `propagate(t, theta, scales, disc)` integrates to the first event or `t1` and returns
+    `(t_end, theta_end, scales_end, theta_ts, scales_ts, hit, ok)`, with the state at the
+    (clipped) `ts` of this segment.
+    """
     dtype = theta0.dtype
     num_ts = ts.shape[0]
     nan_out = jnp.full((num_ts,) + theta0.shape, jnp.nan, dtype)
@@ -110,7 +119,7 @@ def run_segments(propagate, stats, theta0, scales0, ts, t1, *, max_segments, max
         keep = ((ts >= carry.t) & (ts <= t_end) & ok)[:, None, None]
         out_theta = jnp.where(keep, theta_ts, carry.out_theta)
         out_scales = jnp.where(keep, scales_ts, carry.out_scales)
-        new_theta, disc, fired = apply_events(stats, theta, carry.disc, tolerance)
+        new_theta, disc, fired = apply_events(stats, theta, carry.disc, _event_tolerance(stats))
         hit = hit & ok
         events, num_events = _record(carry.events, carry.num_events, t_end, fired, max_events)
         num_segments = carry.num_segments + 1
@@ -135,7 +144,7 @@ def run_segments(propagate, stats, theta0, scales0, ts, t1, *, max_segments, max
         )
 
     final = eqxi.while_loop(cond, body, init, max_steps=max_segments, kind="checkpointed")
-    return final
+    return assemble(final, stats, ts)
 
 
 def derived_outputs(stats, theta):

@@ -25,7 +25,7 @@ from ._cost import check_data, input_cost
 from ._data import Dataset
 from ._network import AdaptedReLUNet, ReLUNet
 from ._results import RESULTS
-from ._validate import is_concrete
+from ._validate import check_positive_int, is_concrete
 
 MODES = ("adapted", "unconstrained")
 
@@ -109,8 +109,7 @@ def stability_bound(net: AdaptedReLUNet, data: Dataset, *, mode: str = "adapted"
     Hessian of the cost in the trainable parameters at `net` (the fastest rate of the
     linearised gradient flow), by power iteration on Hessian-vector products."""
     _check_mode(mode)
-    if not isinstance(iterations, int) or iterations < 1:
-        raise ValueError(f"`iterations` must be a positive int, got {iterations!r}.")
+    check_positive_int("iterations", iterations)
     check_data(net, data)
     return _stability_bound(net, data, mode, iterations)
 
@@ -184,9 +183,8 @@ def train(
     check_data(net, data)
     if not (isinstance(lr, (int, float)) and lr > 0):
         raise ValueError(f"`lr` must be a positive number, got {lr!r}.")
-    for name, value in (("steps", steps), ("save_every", save_every)):
-        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-            raise ValueError(f"`{name}` must be a positive int, got {value!r}.")
+    check_positive_int("steps", steps)
+    check_positive_int("save_every", save_every)
     if steps % save_every:
         raise ValueError(
             f"`save_every` ({save_every}) must divide `steps` ({steps}); e.g. steps="

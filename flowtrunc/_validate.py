@@ -34,6 +34,12 @@ def float_array(name: str, value, *, ndim: int | None = None) -> jax.Array:
     return array
 
 
+def check_positive_int(name: str, value) -> None:
+    """Rejects anything but a Python int >= 1 (bools included)."""
+    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+        raise ValueError(f"`{name}` must be a positive int, got {value!r}.")
+
+
 def check_finite(name: str, array) -> None:
     """Rejects NaN and inf in a concrete array."""
     if is_concrete(array):

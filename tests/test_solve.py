@@ -201,8 +201,8 @@ def test_no_recompilation(monkeypatch, batch):
     import flowtrunc._flow as flow_module
 
     traces = []
-    original = flow_module.run_segments
-    monkeypatch.setattr(flow_module, "run_segments", lambda *a, **k: traces.append(1) or original(*a, **k))
+    original = flow_module.solve_segments
+    monkeypatch.setattr(flow_module, "solve_segments", lambda *a, **k: traces.append(1) or original(*a, **k))
     nets, datas, _ = batch
     first, second = (jax.tree.map(lambda x, i=i: x[i], (nets, datas)) for i in (1, 2))
     ts = jnp.linspace(0.0, 1.0, 5)
