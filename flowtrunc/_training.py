@@ -110,6 +110,10 @@ def stability_bound(net: AdaptedReLUNet, data: Dataset, *, mode: str = "adapted"
     linearised gradient flow), by power iteration on Hessian-vector products."""
     _check_mode(mode)
     check_positive_int("iterations", iterations)
+    if not isinstance(net, AdaptedReLUNet):
+        raise ValueError(
+            f"`stability_bound` takes the AdaptedReLUNet training starts from, got {type(net).__name__}."
+        )
     check_data(net, data)
     return _stability_bound(net, data, mode, iterations)
 

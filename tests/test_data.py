@@ -118,3 +118,40 @@ def test_cost_rejects_mismatched_data(key):
         ft.input_cost(net, data)
     with pytest.raises(ValueError, match="`data` must be a flowtrunc.Dataset"):
         ft.input_cost(net, jnp.zeros((3, 3)))
+
+
+def test_staircase_statistics_in_the_frame(key):
+    """Documented: in frame coordinates, centres q·separation·1 + jitter·z, points with
+    std `spread` around them, targets = centres + target_offset·1, balanced labels."""
+    net = random_adapted_net(key, 2, 3)
+    frame = np.asarray(net.frame)
+    data = ft.make_staircase(
+        jax.random.key(5),
+        net.frame,
+        num_points=3000,
+        num_clusters=3,
+        spread=0.2,
+        separation=2.0,
+        jitter=0.0,
+        target_offset=0.7,
+    )
+    u = np.asarray(data.x) @ frame.T
+    labels = np.asarray(data.labels)
+    assert np.all(np.bincount(labels) == 1000)
+    for q in range(3):
+        mean = u[labels == q].mean(0)
+        assert np.allclose(mean, 2.0 * q, atol=5 * 0.2 / np.sqrt(1000))
+        assert np.allclose(u[labels == q].std(0), 0.2, rtol=0.1)
+    assert np.allclose(np.asarray(data.targets) @ frame.T, 2.0 * np.arange(3)[:, None] + 0.7, atol=1e-12)
+
+
+def test_staircase_rejects_bad_config(key):
+    frame = np.eye(2)
+    with pytest.raises(ValueError, match=r"`num_points` \(2\) must be >= `num_clusters` \(3\)"):
+        ft.make_staircase(key, frame, num_points=2, num_clusters=3)
+    with pytest.raises(ValueError, match="`spread` must be > 0"):
+        ft.make_staircase(key, frame, spread=0.0)
+    with pytest.raises(ValueError, match="`num_clusters` must be a positive int"):
+        ft.make_staircase(key, frame, num_clusters=0)
+    with pytest.raises(ValueError, match="`frame` must have 2 dimensions"):
+        ft.make_staircase(key, np.ones(2))

@@ -206,3 +206,15 @@ def test_training_rejects_bad_input(default):
         ft.gradient_flow(net, data, ts=jnp.array([0.0, 1.0]), solver=diffrax.Euler())
     with pytest.raises(ValueError, match="`ts` must be sorted"):
         ft.gradient_flow(net, data, ts=jnp.array([1.0, 0.0]))
+
+
+def test_stability_bound_rejects_bad_input(default):
+    net, data = default
+    with pytest.raises(ValueError, match="`mode` must be 'adapted' or 'unconstrained'"):
+        ft.stability_bound(net, data, mode="diagonal")
+    with pytest.raises(ValueError, match="`iterations` must be a positive int"):
+        ft.stability_bound(net, data, iterations=0)
+    with pytest.raises(ValueError, match="`stability_bound` takes the AdaptedReLUNet"):
+        ft.stability_bound(net.to_general(), data)
+    with pytest.raises(ValueError, match="`data` has dimension M = 3"):
+        ft.stability_bound(net, ft.make_clusters(jax.random.key(0), dim=3))
