@@ -17,7 +17,7 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from ._data import Dataset, load_npz, make_staircase
-from ._effective import gamma_column
+from ._effective import at_active, gamma_column
 from ._flow import solve_effective
 from ._network import AdaptedReLUNet
 from ._training import MODES, train
@@ -143,7 +143,7 @@ def _kappa(thresholds, scales, counts, num_points, train_weights):
     def one(theta, scale, count):
         active = jnp.argmax(theta, axis=0).astype(jnp.int32)
         gamma = gamma_column(theta, scale, active, train_weights)
-        return jnp.take_along_axis(gamma, active[None], 0)[0] * count / num_points
+        return at_active(gamma, active) * count / num_points
 
     return jax.vmap(one)(thresholds, scales, counts)
 

@@ -41,6 +41,11 @@ def _previous_scales(scales):
     return jnp.concatenate([jnp.ones_like(scales[:1]), scales[:-1]], axis=0)
 
 
+def at_active(values: Float[Array, "depth width"], active: Int[Array, " width"]):
+    """`values[active_k, k]` for every coordinate k, shape `(M,)`."""
+    return jnp.take_along_axis(values, active[None], axis=0)[0]
+
+
 def active_layer(theta: Float[Array, "depth width"]) -> Int[Array, " width"]:
     """The layer holding the largest threshold, lowest index on ties, `(M,)`."""
     return jnp.argmax(theta, axis=0).astype(jnp.int32)
@@ -56,7 +61,7 @@ def gamma_column(theta, scales, active, train_weights: bool):
     terms = jnp.broadcast_to((scales**-2)[None], mask.shape)
     if train_weights:
         prev = _previous(theta)
-        theta_star = jnp.take_along_axis(theta, active[None], axis=0)[0]
+        theta_star = at_active(theta, active)
         cross = (prev[None] - theta[:, None]) * (prev - theta_star[None])[None]
         terms = terms + cross * _inverse_square_factors(scales)[None]
     return jnp.sum(jnp.where(mask, terms, 0.0), axis=1)
@@ -68,7 +73,7 @@ def effective_velocity(theta, scales, g, active, train_weights: bool):
     if not train_weights:
         return dtheta, jnp.zeros_like(scales)
     depth = theta.shape[0]
-    theta_star = jnp.take_along_axis(theta, active[None], axis=0)[0]
+    theta_star = at_active(theta, active)
     below = jnp.arange(depth)[:, None] <= active[None]
     terms = jnp.where(below, (_previous(theta) - theta_star[None]) * _inverse_square_factors(scales), 0.0)
     dscales = -g[None] * scales * jnp.cumsum(terms, axis=0)

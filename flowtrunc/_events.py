@@ -19,7 +19,7 @@ from typing import NamedTuple
 
 import jax.numpy as jnp
 
-from ._effective import active_layer
+from ._effective import active_layer, at_active
 from ._statistics import CoordinateStats, cost_gradient, count_below, truncated_target_sum
 
 TRUNCATION, RELEASE, LAYER_SWITCH, KINK = 0, 1, 2, 3
@@ -36,10 +36,6 @@ class Discrete(NamedTuple):
     target_sum: jnp.ndarray  # sum of the targets of the truncated points
 
 
-def _theta_star(theta, active):
-    return jnp.take_along_axis(theta, active[None], axis=0)[0]
-
-
 def _direction(stats, count, target_sum, level):
     g = cost_gradient(stats, count, target_sum, level)
     return -jnp.sign(g).astype(jnp.int32), g
@@ -47,7 +43,7 @@ def _direction(stats, count, target_sum, level):
 
 def initial_discrete(stats: CoordinateStats, theta) -> Discrete:
     active = active_layer(theta)
-    theta_star = _theta_star(theta, active)
+    theta_star = at_active(theta, active)
     count = count_below(stats, theta_star)
     target_sum = truncated_target_sum(stats, count)
     moving, _ = _direction(stats, count, target_sum, theta_star)
@@ -64,7 +60,7 @@ def _lower_max(theta, active):
 def event_distances(stats: CoordinateStats, theta, disc: Discrete):
     """Signed distances to the three surfaces, each `(M,)`; positive until the event."""
     n_points = stats.num_points
-    theta_star = _theta_star(theta, disc.active)
+    theta_star = at_active(theta, disc.active)
     above = jnp.take_along_axis(stats.u_sorted, jnp.minimum(disc.count, n_points - 1)[None], 0)[0]
     below = jnp.take_along_axis(stats.u_sorted, jnp.maximum(disc.count - 1, 0)[None], 0)[0]
     truncation = jnp.where((disc.moving > 0) & (disc.count < n_points), above - theta_star, _FAR)
@@ -97,7 +93,7 @@ def apply_events(stats: CoordinateStats, theta, disc: Discrete, tolerance):
     fire_trunc, fire_release, fire_switch = fire
 
     # Layer switch: the lower layer takes over (lowest index on ties), snapped onto θ*.
-    theta_star = _theta_star(theta, disc.active)
+    theta_star = at_active(theta, disc.active)
     _, lower_layer = _lower_max(theta, disc.active)
     layers = jnp.arange(theta.shape[0])[:, None]
     theta = jnp.where(fire_switch[None] & (layers == lower_layer[None]), theta_star[None], theta)
@@ -116,7 +112,7 @@ def apply_events(stats: CoordinateStats, theta, disc: Discrete, tolerance):
         jnp.where(fire_release, count_below(stats, level, side="left"), disc.count),
     )
     target_sum = truncated_target_sum(stats, count)
-    new_moving, _ = _direction(stats, count, target_sum, _theta_star(theta, active))
+    new_moving, _ = _direction(stats, count, target_sum, at_active(theta, active))
     kink = crossing & (new_moving != disc.moving)
     moving = jnp.where(crossing, jnp.where(kink, 0, new_moving), disc.moving)
 

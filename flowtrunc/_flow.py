@@ -9,7 +9,7 @@ import optimistix as optx
 
 from ._cost import check_data
 from ._data import Dataset
-from ._effective import check_adapted, effective_velocity, gamma_column
+from ._effective import at_active, check_adapted, effective_velocity, gamma_column
 from ._events import Discrete, first_event_distance
 from ._input_space import thresholds
 from ._network import AdaptedReLUNet
@@ -140,7 +140,7 @@ def _solve_diffrax(
 
     def vector_field(t, y, disc: Discrete):
         theta, scales = y
-        theta_star = jnp.take_along_axis(theta, disc.active[None], axis=0)[0]
+        theta_star = at_active(theta, disc.active)
         g = cost_gradient(stats, disc.count, disc.target_sum, theta_star)
         g = jnp.where(disc.moving != 0, g, 0.0)
         return effective_velocity(theta, scales, g, disc.active, train_weights)
@@ -210,8 +210,8 @@ def _solve_exact(stats, theta, scales, ts, t1, max_segments, max_events):
 
     def propagate(t, theta, scales, disc):
         gamma = gamma_column(theta, scales, disc.active, False)
-        gamma_star = jnp.take_along_axis(gamma, disc.active[None], 0)[0]
-        theta_star = jnp.take_along_axis(theta, disc.active[None], 0)[0]
+        gamma_star = at_active(gamma, disc.active)
+        theta_star = at_active(theta, disc.active)
         count = jnp.maximum(disc.count, 1)
         mean_target = disc.target_sum / count
         rate = gamma_star * disc.count / n_points
