@@ -16,14 +16,16 @@ Derivation: docs/theory.md. References: T. Chen, arXiv:2501.07400.
 
 from typing import NamedTuple
 
+import jax
 import jax.numpy as jnp
 
 from ._cost import check_data
 from ._custom_types import Array, Float, Int
 from ._data import Dataset
+from ._ending import direction_at
 from ._input_space import thresholds
 from ._network import AdaptedReLUNet
-from ._statistics import coordinate_stats, cost_gradient, count_below, truncated_target_sum
+from ._statistics import CoordinateStats, coordinate_stats, count_below, truncated_target_sum
 
 
 def _previous(theta):
@@ -49,6 +51,35 @@ def at_active(values: Float[Array, "depth width"], active: Int[Array, " width"])
 def active_layer(theta: Float[Array, "depth width"]) -> Int[Array, " width"]:
     """The layer holding the largest threshold, lowest index on ties, `(M,)`."""
     return jnp.argmax(theta, axis=0).astype(jnp.int32)
+
+
+def start_layer(theta: Float[Array, "depth width"], direction: Int[Array, " width"]) -> Int[Array, " width"]:
+    """The active layer at a state: at a tie, gradient descent moves the highest tied
+    layer (ReLU' = 0 at 0); if θ* rises that layer pulls ahead, if it falls the lowest
+    tied layer takes over at once (docs/theory.md §5). So: highest tied when rising,
+    lowest tied otherwise."""
+    highest = (theta.shape[0] - 1 - jnp.argmax(theta[::-1], axis=0)).astype(jnp.int32)
+    return jnp.where(direction > 0, highest, active_layer(theta))
+
+
+class StartState(NamedTuple):
+    """Discrete state of the flow at given thresholds, per coordinate `(M,)`."""
+
+    count: jax.Array  # truncated points that the flow moves
+    active: jax.Array  # active layer
+    direction: jax.Array  # +1, -1 or 0 (at rest, or on a kink)
+    target_sum: jax.Array  # sum of the targets of the `count` lowest points
+
+
+def start_state(stats: CoordinateStats, theta: Float[Array, "depth width"]) -> StartState:
+    """Counts as gradient descent does: a point at θ* is truncated while θ* rises or sits
+    on a kink, and released at once when θ* falls."""
+    theta_star = jnp.max(theta, axis=0)
+    direction, _ = jax.vmap(direction_at, in_axes=(1, 1, 0))(stats.u_sorted, stats.target_sums, theta_star)
+    side_count = jnp.where(
+        direction < 0, count_below(stats, theta_star, side="left"), count_below(stats, theta_star, side="right")
+    )
+    return StartState(side_count, start_layer(theta, direction), direction, truncated_target_sum(stats, side_count))
 
 
 def gamma_column(theta, scales, active, train_weights: bool):
@@ -95,16 +126,21 @@ def effective_field(net: AdaptedReLUNet, data: Dataset, *, train_weights: bool =
     $\dot b^{(\ell)} = -(\dot D^{(\ell)}\theta^{(\ell)} + D^{(\ell)}\dot\theta^{(\ell)})$
     (frame coordinates: the input-space bias is unchanged, $b^{(\ell)}$ lives in layer ℓ).
     `train_weights=False` is the bias-only flow.
+
+    This is the velocity of the flow that gradient descent converges to: a point exactly
+    at θ* counts as truncated (ReLU' = 0 at 0), except that a falling θ* releases it at
+    once; at tied thresholds the highest tied layer is active when θ* rises, the lowest
+    when it falls; on a kink the velocity is zero (docs/theory.md §5). At states with no
+    ties and no point on a threshold it equals the push-forward of the gradient.
     """
     check_adapted(net, "effective_field")
     check_data(net, data)
     theta, scales = thresholds(net)
     stats = coordinate_stats(net.fixed_frame, data)
-    active = active_layer(theta)
-    theta_star = jnp.max(theta, axis=0)
-    count = count_below(stats, theta_star)
-    g = cost_gradient(stats, count, truncated_target_sum(stats, count), theta_star)
-    dtheta, dscales = effective_velocity(theta, scales, g, active, train_weights)
+    state = start_state(stats, theta)
+    g = (state.count * jnp.max(theta, axis=0) - state.target_sum) / stats.num_points
+    g = jnp.where(state.direction != 0, g, 0.0)
+    dtheta, dscales = effective_velocity(theta, scales, g, state.active, train_weights)
     return EffectiveVelocity(dtheta, dscales, -(dscales * theta + scales * dtheta))
 
 

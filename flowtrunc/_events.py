@@ -19,7 +19,7 @@ from typing import NamedTuple
 
 import jax.numpy as jnp
 
-from ._effective import active_layer, at_active
+from ._effective import at_active, start_state
 from ._statistics import CoordinateStats, cost_gradient, count_below, truncated_target_sum
 
 TRUNCATION, RELEASE, LAYER_SWITCH, KINK = 0, 1, 2, 3
@@ -42,12 +42,8 @@ def _direction(stats, count, target_sum, level):
 
 
 def initial_discrete(stats: CoordinateStats, theta) -> Discrete:
-    active = active_layer(theta)
-    theta_star = at_active(theta, active)
-    count = count_below(stats, theta_star)
-    target_sum = truncated_target_sum(stats, count)
-    moving, _ = _direction(stats, count, target_sum, theta_star)
-    return Discrete(count, active, moving, target_sum)
+    state = start_state(stats, theta)
+    return Discrete(state.count, state.active, state.direction, state.target_sum)
 
 
 def _lower_max(theta, active):
@@ -100,6 +96,8 @@ def apply_events(stats: CoordinateStats, theta, disc: Discrete, tolerance):
     active = jnp.where(fire_switch, lower_layer, disc.active)
 
     # Truncation / release: snap every layer tied at θ* onto the data coordinate.
+    # A point at θ* counts as truncated (gradient descent: ReLU' = 0 at 0). So a release
+    # whose new g would reverse is a kink with the point still on the threshold.
     n_points = stats.num_points
     index = jnp.where(fire_trunc, disc.count, disc.count - 1).clip(0, n_points - 1)
     crossing = fire_trunc | fire_release
@@ -111,15 +109,17 @@ def apply_events(stats: CoordinateStats, theta, disc: Discrete, tolerance):
         count_below(stats, level, side="right"),
         jnp.where(fire_release, count_below(stats, level, side="left"), disc.count),
     )
-    target_sum = truncated_target_sum(stats, count)
-    new_moving, _ = _direction(stats, count, target_sum, at_active(theta, active))
+    new_moving, _ = _direction(stats, count, truncated_target_sum(stats, count), at_active(theta, active))
     kink = crossing & (new_moving != disc.moving)
+    released = fire_release & ~kink
+    count = jnp.where(fire_release & kink, disc.count, count)
+    target_sum = truncated_target_sum(stats, count)
     moving = jnp.where(crossing, jnp.where(kink, 0, new_moving), disc.moving)
 
     point = jnp.take_along_axis(stats.order, index[None], 0)[0]
     fired = Fired(
-        kinds=jnp.stack([fire_trunc, fire_release, fire_switch, kink], axis=1),
-        points=jnp.where(crossing, point, -1).astype(jnp.int32),
+        kinds=jnp.stack([fire_trunc, released, fire_switch, kink], axis=1),
+        points=jnp.where(fire_trunc | released, point, -1).astype(jnp.int32),
         layers=active,
     )
     return theta, Discrete(count, active, moving, target_sum), fired

@@ -1,4 +1,6 @@
-"""Public solvers of the effective flow: diffrax (any mode) and exact (weights frozen)."""
+"""Public solvers of the effective flow: the orbit–clock solver (default), the
+event-driven segment loop (the independent cross-check) and its closed form for frozen
+weights."""
 
 import diffrax
 import equinox as eqx
@@ -13,35 +15,42 @@ from ._effective import at_active, check_adapted, effective_velocity, gamma_colu
 from ._events import Discrete, first_event_distance
 from ._input_space import thresholds
 from ._network import AdaptedReLUNet
-from ._solve import EffectiveSolution, solve_segments
+from ._orbit_solve import event_list, flow_coordinates, orbit_tools, result_code, unsort
+from ._solve import EffectiveSolution, derived_outputs, solve_segments
 from ._statistics import coordinate_stats, cost_gradient
 from ._validate import check_positive_int, float_array, is_concrete
 
+METHODS = ("orbit", "events")
 
-def _check_times(ts, t1):
+
+def _check_times(ts, t1, allow_inf=False):
     ts = float_array("ts", ts, ndim=1)
     if ts.shape[0] == 0:
         raise ValueError("`ts` is empty; give at least one output time, e.g. jnp.linspace(0, 5, 50).")
     if is_concrete(ts):
         values = np.asarray(ts)
-        if not np.all(np.isfinite(values)):
-            raise ValueError("`ts` contains NaN or inf; give finite output times.")
+        if np.any(np.isnan(values)):
+            raise ValueError("`ts` contains NaN; give output times in [0, inf].")
+        if not allow_inf and not np.all(np.isfinite(values)):
+            raise ValueError(
+                "`ts` contains inf; only method='orbit' (the default) gives the state at t = inf."
+            )
         if np.any(np.diff(values) < 0):
             raise ValueError("`ts` must be sorted in increasing order; pass `jnp.sort(ts)`.")
         if values[0] < 0:
             raise ValueError(f"`ts` must lie in [0, t1]: the flow starts at t = 0, got ts[0] = {values[0]}.")
     if t1 is None:
-        return ts, ts[-1]
+        return ts, ts[-1] if not allow_inf else jnp.max(jnp.where(jnp.isfinite(ts), ts, 0.0))
     t1 = jnp.asarray(t1, ts.dtype)
     if is_concrete(ts, t1) and float(ts[-1]) > float(t1):
         raise ValueError(f"`ts` must lie in [0, t1]; ts[-1] = {float(ts[-1])} > t1 = {float(t1)}.")
     return ts, t1
 
 
-def _prepare(net, data, ts, t1, max_segments, max_events, entry_point):
+def _prepare(net, data, ts, t1, max_segments, max_events, entry_point, allow_inf=False):
     check_adapted(net, entry_point)
     check_data(net, data)
-    ts, t1 = _check_times(ts, t1)
+    ts, t1 = _check_times(ts, t1, allow_inf)
     bound = net.width * (data.num_points + net.depth + 1) + 2
     max_segments = bound if max_segments is None else max_segments
     max_events = bound if max_events is None else max_events
@@ -54,8 +63,10 @@ def _prepare(net, data, ts, t1, max_segments, max_events, entry_point):
     return stats, theta, scales, ts, t1, max_segments, max_events
 
 
-def _default_tolerances(dtype):
-    return (1e-8, 1e-10) if jnp.finfo(dtype).bits >= 64 else (1e-5, 1e-6)
+def _default_tolerances(dtype, method):
+    if jnp.finfo(dtype).bits >= 64:
+        return (1e-10, 1e-12) if method == "orbit" else (1e-8, 1e-10)
+    return (1e-6, 1e-7) if method == "orbit" else (1e-5, 1e-6)
 
 
 def solve_effective(
@@ -65,38 +76,56 @@ def solve_effective(
     ts,
     t1=None,
     train_weights: bool = True,
+    method: str = "orbit",
     solver: diffrax.AbstractAdaptiveSolver | None = None,
     rtol: float | None = None,
     atol: float | None = None,
-    max_steps: int = 4096,
+    max_steps: int | None = None,
     max_segments: int | None = None,
     max_events: int | None = None,
 ) -> EffectiveSolution:
-    r"""Integrates the effective gradient flow of `net` on `data` with diffrax.
+    r"""Solves the effective gradient flow of `net` on `data` (gradient flow on the
+    diagonal entries $d_\ell$ themselves and the biases; R fixed).
 
-    Segment by segment: a `diffrax.Event` with a Newton root find stops at the next
-    truncation, release or layer switch; the discrete state is updated (kinks stop their
-    coordinate; tied layers follow the lower one) and integration restarts.
+    `method="orbit"` (default): each coordinate is its own problem. diffrax integrates
+    the data-independent orbit in θ* (events only at layer switches, at most L − 1),
+    the data drive the clock, a sum of one-dimensional integrals between consecutive
+    data coordinates, and the state at `ts` follows by inverting the clock
+    (docs/theory.md §7). The sequential work does not grow with N.
+
+    `method="events"`: the event-driven segment loop, restarting a diffrax solve at
+    every truncation, release and layer switch (the independent cross-check). With
+    frozen weights `solve_frozen_exact` is its closed form.
+
+    Both follow the same rules: a point exactly at θ* counts as truncated (as in
+    gradient descent, ReLU' = 0 at 0), a release that would reverse g is a kink, and
+    tied layers follow the highest tied layer while θ* rises, the lowest while it falls.
 
     **Arguments:**
 
     - `net`: an `AdaptedReLUNet`, the state at t = 0.
     - `data`: a `Dataset` of matching dimension.
-    - `ts`: sorted output times in `[0, t1]`.
-    - `t1`: final time (default `ts[-1]`).
+    - `ts`: sorted output times `>= 0`; with `method="orbit"` they may include `inf`
+      (the end state).
+    - `t1`: final time of the event loop (default `ts[-1]`); unused by the orbit.
     - `train_weights`: gradient flow on `(d, b)` (True) or on the biases only.
+    - `method`: `"orbit"` or `"events"`.
     - `solver`, `rtol`, `atol`: adaptive diffrax solver (default `Tsit5`) and PID
-      tolerances (default 1e-8/1e-10 in float64, 1e-5/1e-6 in float32).
-    - `max_steps`: solver steps per segment; `max_segments`, `max_events`: caps
-      (default `M (N + L + 1) + 2`, enough since θ* is monotone per coordinate).
+      tolerances (orbit: 1e-10/1e-12 in float64, 1e-6/1e-7 in float32; events:
+      1e-8/1e-10 and 1e-5/1e-6).
+    - `max_steps`: solver steps per orbit segment (default 256) or per event segment
+      (default 4096); `max_segments` (events), `max_events`: caps (default
+      `M (N + L + 1) + 2`, enough since θ* is monotone per coordinate).
 
     **Returns:** an `EffectiveSolution`; its `result` is a per-seed code (`RESULTS`), so
     the function can be `vmap`ped over seeds without one failure aborting the batch.
 
     Differentiable (reverse mode) with respect to the net and the data.
     """
+    if method not in METHODS:
+        raise ValueError(f"`method` must be 'orbit' or 'events', got {method!r}.")
     stats, theta, scales, ts, t1, max_segments, max_events = _prepare(
-        net, data, ts, t1, max_segments, max_events, "solve_effective"
+        net, data, ts, t1, max_segments, max_events, "solve_effective", allow_inf=method == "orbit"
     )
     solver = diffrax.Tsit5() if solver is None else solver
     if not isinstance(solver, diffrax.AbstractAdaptiveSolver):
@@ -104,12 +133,18 @@ def solve_effective(
             f"`solver` must be an adaptive diffrax solver (with an error estimate), e.g. "
             f"diffrax.Tsit5() or diffrax.Dopri8(); got {type(solver).__name__}."
         )
-    default_rtol, default_atol = _default_tolerances(theta.dtype)
+    default_rtol, default_atol = _default_tolerances(theta.dtype, method)
     rtol = default_rtol if rtol is None else rtol
     atol = default_atol if atol is None else atol
-    if not (rtol > 0 and atol > 0):
-        raise ValueError(f"`rtol` and `atol` must be > 0, got {rtol}, {atol}.")
+    if not (isinstance(rtol, (int, float)) and isinstance(atol, (int, float)) and rtol > 0 and atol > 0):
+        raise ValueError(f"`rtol` and `atol` must be positive numbers, got {rtol!r}, {atol!r}.")
+    if max_steps is None:
+        max_steps = 256 if method == "orbit" else 4096
     check_positive_int("max_steps", max_steps)
+    if method == "orbit":
+        return _solve_orbit(
+            stats, theta, scales, ts, bool(train_weights), solver, float(rtol), float(atol), max_steps, max_events
+        )
     return _solve_diffrax(
         stats,
         theta,
@@ -123,6 +158,37 @@ def solve_effective(
         max_steps,
         max_segments,
         max_events,
+    )
+
+
+@eqx.filter_jit
+def _solve_orbit(stats, theta, scales, ts, train_weights, solver, rtol, atol, max_steps, max_events):
+    tools = orbit_tools(theta.dtype, rtol, atol, solver)
+    flows = flow_coordinates(stats, theta, scales, ts, train_weights=train_weights, tools=tools, max_steps=max_steps)
+    result = result_code(flows, theta, scales)
+    failed = result != 0
+    blank = lambda a: jnp.where(failed, jnp.nan, a)  # noqa: E731
+    out_theta = blank(jnp.moveaxis(flows.thresholds, 0, -1))  # (T, L, M)
+    out_scales = blank(jnp.moveaxis(flows.scales, 0, -1))
+    cost, counts, active = derived_outputs(stats, out_theta)
+    times, coords, kinds, points, layers, num_events = event_list(stats, flows, max_events)
+    return EffectiveSolution(
+        ts=ts,
+        thresholds=out_theta,
+        scales=out_scales,
+        cost=cost,
+        n_truncated=counts,
+        active_layer=active,
+        event_times=times,
+        event_coords=coords,
+        event_kinds=kinds,
+        event_points=points,
+        event_layers=layers,
+        num_events=num_events,
+        crossing_times=unsort(stats, flows.crossing_times),
+        num_segments=(jnp.sum(jnp.isfinite(flows.switch_times)) + theta.shape[1]).astype(jnp.int32),
+        num_steps=jnp.sum(flows.num_steps).astype(jnp.int32),
+        result=result,
     )
 
 
@@ -174,7 +240,8 @@ def _solve_diffrax(
         hit = sol.result == diffrax.RESULTS.event_occurred
         ok = hit | (sol.result == diffrax.RESULTS.successful)
         (theta_ts, scales_ts), (theta_end, scales_end) = sol.ys
-        return sol.ts[1][-1], theta_end[-1], scales_end[-1], theta_ts, scales_ts, hit, ok
+        steps = sol.stats["num_steps"]
+        return sol.ts[1][-1], theta_end[-1], scales_end[-1], theta_ts, scales_ts, hit, ok, steps
 
     return solve_segments(
         propagate, stats, theta, scales, ts, t1, max_segments=max_segments, max_events=max_events
@@ -244,7 +311,7 @@ def _solve_exact(stats, theta, scales, ts, t1, max_segments, max_events):
 
         theta_ts = jax.vmap(state_at)(jnp.clip(ts, t, t1))
         scales_ts = jnp.broadcast_to(scales, theta_ts.shape)
-        return t_end, state_at(t_end), scales, theta_ts, scales_ts, hit, jnp.array(True)
+        return t_end, state_at(t_end), scales, theta_ts, scales_ts, hit, jnp.array(True), jnp.array(0)
 
     return solve_segments(
         propagate, stats, theta, scales, ts, t1, max_segments=max_segments, max_events=max_events

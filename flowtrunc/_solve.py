@@ -25,8 +25,12 @@ class EffectiveSolution(eqx.Module):
     `max_events` (times `inf`, other fields -1): `event_times`, `event_coords`,
     `event_kinds` (0 truncation, 1 release, 2 layer switch, 3 kink), `event_points`
     (data index, or -1), `event_layers` (active layer after the event); `num_events`
-    counts all events, also any beyond the buffer. `result` is a `RESULTS` code; values
-    after a failure are NaN.
+    counts all events, also any beyond the buffer. `crossing_times` `(N, M)`: when point
+    j is truncated or released in coordinate k (each crosses at most once; `inf` if
+    never). `num_segments`: integration segments (event loop) or orbit segments (orbit
+    solver); `num_steps`: ODE solver steps taken, in total. `result` is a `RESULTS`
+    code; values after a failure are NaN. A point exactly at θ* counts as truncated, as
+    in gradient descent (ReLU' = 0 at 0).
     """
 
     ts: jax.Array
@@ -41,7 +45,9 @@ class EffectiveSolution(eqx.Module):
     event_points: jax.Array
     event_layers: jax.Array
     num_events: jax.Array
+    crossing_times: jax.Array
     num_segments: jax.Array
+    num_steps: jax.Array
     result: jax.Array
 
 
@@ -55,6 +61,7 @@ class _Carry(eqx.Module):
     events: tuple
     num_events: jax.Array
     num_segments: jax.Array
+    num_steps: jax.Array
     result: jax.Array
     done: jax.Array
 
@@ -83,8 +90,8 @@ def solve_segments(propagate, stats, theta0, scales0, ts, t1, *, max_segments, m
     """Shared segment loop, returning the `EffectiveSolution`.
 
     `propagate(t, theta, scales, disc)` integrates to the first event or `t1` and returns
-    `(t_end, theta_end, scales_end, theta_ts, scales_ts, hit, ok)`, with the state at the
-    (clipped) `ts` of this segment.
+    `(t_end, theta_end, scales_end, theta_ts, scales_ts, hit, ok, steps)`, with the state
+    at the (clipped) `ts` of this segment.
     """
     dtype = theta0.dtype
     num_ts = ts.shape[0]
@@ -104,6 +111,7 @@ def solve_segments(propagate, stats, theta0, scales0, ts, t1, *, max_segments, m
         events=events,
         num_events=jnp.zeros((), jnp.int32),
         num_segments=jnp.zeros((), jnp.int32),
+        num_steps=jnp.zeros((), jnp.int32),
         result=jnp.where(finite, RESULTS.successful, RESULTS.nonfinite_state).astype(jnp.int32),
         done=~finite,
     )
@@ -112,7 +120,7 @@ def solve_segments(propagate, stats, theta0, scales0, ts, t1, *, max_segments, m
         return ~carry.done
 
     def body(carry):
-        t_end, theta, scales, theta_ts, scales_ts, hit, ok = propagate(
+        t_end, theta, scales, theta_ts, scales_ts, hit, ok, steps = propagate(
             carry.t, carry.theta, carry.scales, carry.disc
         )
         ok = ok & jnp.all(jnp.isfinite(theta)) & jnp.all(jnp.isfinite(scales))
@@ -139,6 +147,7 @@ def solve_segments(propagate, stats, theta0, scales0, ts, t1, *, max_segments, m
             events=jax.tree.map(pick, events, carry.events),
             num_events=pick(num_events, carry.num_events),
             num_segments=num_segments,
+            num_steps=carry.num_steps + steps,
             result=result,
             done=~hit | capped,
         )
@@ -148,11 +157,20 @@ def solve_segments(propagate, stats, theta0, scales0, ts, t1, *, max_segments, m
 
 
 def derived_outputs(stats, theta):
-    """Cost, truncated counts and active layers from sampled thresholds `(T, L, M)`."""
+    """Cost, truncated counts (points at or below θ*) and active layers from sampled
+    thresholds `(T, L, M)`."""
     theta_star = jnp.max(theta, axis=1)
     cost = jax.vmap(lambda level: frame_cost(stats, level))(theta_star)
-    counts = jax.vmap(lambda level: count_below(stats, level))(theta_star)
+    counts = jax.vmap(lambda level: count_below(stats, level, side="right"))(theta_star)
     return cost, counts, jnp.argmax(theta, axis=1).astype(jnp.int32)
+
+
+def crossings_from_events(stats, times, coords, kinds, points):
+    """`(N, M)` crossing times scattered from the event list (inf where none)."""
+    crossing = (kinds == 0) | (kinds == 1)
+    rows = jnp.where(crossing, points, stats.num_points)  # out of range: dropped
+    out = jnp.full(stats.u_sorted.shape, jnp.inf, times.dtype)
+    return out.at[rows, jnp.clip(coords, 0)].set(times, mode="drop")
 
 
 def assemble(final: _Carry, stats, ts) -> EffectiveSolution:
@@ -171,6 +189,8 @@ def assemble(final: _Carry, stats, ts) -> EffectiveSolution:
         event_points=points,
         event_layers=layers,
         num_events=final.num_events,
+        crossing_times=crossings_from_events(stats, times, coords, kinds, points),
         num_segments=final.num_segments,
+        num_steps=final.num_steps,
         result=final.result,
     )
