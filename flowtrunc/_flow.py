@@ -127,24 +127,9 @@ def solve_effective(
     stats, theta, scales, ts, t1, max_segments, max_events = _prepare(
         net, data, ts, t1, max_segments, max_events, "solve_effective", allow_inf=method == "orbit"
     )
-    solver = diffrax.Tsit5() if solver is None else solver
-    if not isinstance(solver, diffrax.AbstractAdaptiveSolver):
-        raise ValueError(
-            f"`solver` must be an adaptive diffrax solver (with an error estimate), e.g. "
-            f"diffrax.Tsit5() or diffrax.Dopri8(); got {type(solver).__name__}."
-        )
-    default_rtol, default_atol = _default_tolerances(theta.dtype, method)
-    rtol = default_rtol if rtol is None else rtol
-    atol = default_atol if atol is None else atol
-    if not (isinstance(rtol, (int, float)) and isinstance(atol, (int, float)) and rtol > 0 and atol > 0):
-        raise ValueError(f"`rtol` and `atol` must be positive numbers, got {rtol!r}, {atol!r}.")
-    if max_steps is None:
-        max_steps = 256 if method == "orbit" else 4096
-    check_positive_int("max_steps", max_steps)
+    solver, rtol, atol, max_steps = solver_settings(theta.dtype, solver, rtol, atol, max_steps, method)
     if method == "orbit":
-        return _solve_orbit(
-            stats, theta, scales, ts, bool(train_weights), solver, float(rtol), float(atol), max_steps, max_events
-        )
+        return _solve_orbit(stats, theta, scales, ts, bool(train_weights), solver, rtol, atol, max_steps, max_events)
     return _solve_diffrax(
         stats,
         theta,
@@ -153,12 +138,32 @@ def solve_effective(
         t1,
         bool(train_weights),
         solver,
-        float(rtol),
-        float(atol),
+        rtol,
+        atol,
         max_steps,
         max_segments,
         max_events,
     )
+
+
+def solver_settings(dtype, solver, rtol, atol, max_steps, method):
+    """Validated `(solver, rtol, atol, max_steps)` with the defaults of `method`."""
+    solver = diffrax.Tsit5() if solver is None else solver
+    if not isinstance(solver, diffrax.AbstractAdaptiveSolver):
+        raise ValueError(
+            f"`solver` must be an adaptive diffrax solver (with an error estimate), e.g. "
+            f"diffrax.Tsit5() or diffrax.Dopri8(); got {type(solver).__name__}."
+        )
+    default_rtol, default_atol = _default_tolerances(dtype, method)
+    rtol = default_rtol if rtol is None else rtol
+    atol = default_atol if atol is None else atol
+    for name, value in (("rtol", rtol), ("atol", atol)):
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
+            raise ValueError(f"`rtol` and `atol` must be positive numbers, got {name} = {value!r}.")
+    if max_steps is None:
+        max_steps = 256 if method == "orbit" else 4096
+    check_positive_int("max_steps", max_steps)
+    return solver, float(rtol), float(atol), max_steps
 
 
 @eqx.filter_jit

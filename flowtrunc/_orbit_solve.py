@@ -56,7 +56,15 @@ def coordinate_flow(u_sorted, target_sums, theta, scales, ts, *, train_weights, 
     switches = orbit.segment_starts[1:]
     clock = build_clock(orbit, u_sorted, target_sums, theta_star, direction, end.level, end.kind, switches, train_weights)
     s_out = jax.vmap(lambda t: path_at(orbit, clock, t, train_weights))(ts)
-    theta_ts, scales_ts = jax.vmap(orbit.state)(s_out)
+
+    def state(s):
+        """The orbit at `s`, with θ* exact: θ*_0 ± s (the end level itself at the end)."""
+        theta_s, scales_s = orbit.state(s)
+        star = jnp.where(s >= length, end.level, theta_star + direction * s)
+        theta_s = jnp.minimum(theta_s, star).at[orbit.layer(s)].set(star)
+        return theta_s, scales_s
+
+    theta_ts, scales_ts = jax.vmap(state)(s_out)
 
     level = direction * (u_sorted - theta_star)  # path length of each data coordinate
     final = direction * (end.level - theta_star)
@@ -66,7 +74,7 @@ def coordinate_flow(u_sorted, target_sums, theta, scales, ts, *, train_weights, 
     crossing = jnp.where(rising | falling, at_level, jnp.inf)
     switch_times = jnp.where(jnp.isfinite(switches), jax.vmap(lambda s: time_at(clock, s))(jnp.minimum(switches, length)), jnp.inf)
     end_time = jnp.where(end.kind == KINK, clock.times[-1], jnp.where(end.direction == 0, 0.0, jnp.inf))
-    end_thresholds, end_scales = orbit.state(length)
+    end_thresholds, end_scales = state(length)
     return CoordinateFlow(
         thresholds=theta_ts,
         scales=scales_ts,

@@ -64,3 +64,17 @@ def numpy_effective_rhs(theta, scales, u, v, train_weights=True):
             dtheta[layer - 1, k] = -g * gamma
             dscales[layer - 1, k] = -g * cum[layer] * drift
     return dtheta, dscales
+
+
+def fd_error_bound(f, *, h, noise):
+    """Central difference of a scalar `f(step)` at 0 and a bound on its error.
+
+    Error model: truncation C h^2 plus evaluation noise `noise`/h (round-off and, for an
+    adaptive solver, its tolerance, which does not vary smoothly with the input). The
+    truncation term is measured, not guessed: D(h) - D(2h) = -3 C h^2 + noise. The bound
+    is twice the sum, so it holds on any CPU whose round-off differs from ours.
+    """
+    central = lambda step: (f(step) - f(-step)) / (2 * step)  # noqa: E731
+    fine, coarse = central(h), central(2 * h)
+    truncation = abs(coarse - fine) / 3
+    return fine, 2 * (truncation + noise / h)

@@ -1,0 +1,100 @@
+"""Where the effective flow ends as t → ∞, and when, without integrating in time."""
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+
+from ._custom_types import Array, Bool, Float, Int
+from ._data import Dataset
+from ._ending import END_KINDS as END_KINDS
+from ._flow import _prepare, solver_settings
+from ._network import AdaptedReLUNet
+from ._orbit_solve import flow_coordinates, orbit_tools, result_code, unsort
+
+
+class EndState(eqx.Module):
+    """The end of the effective flow of one network on one dataset (frame coordinates).
+
+    - `theta_star` `(M,)`: the limit of θ* per coordinate; `kind` `(M,)`: how it gets
+      there, an index into `END_KINDS` (0 asymptote: θ* tends to the mean truncated
+      target inside an interval; 1 kink: it stops on a data coordinate in finite time;
+      2 still: g = 0 at t = 0); `direction` `(M,)`: +1 rising, -1 falling, 0 at rest;
+      `end_time` `(M,)`: when the coordinate stops (`inf` for an asymptote, 0 at rest).
+    - `thresholds`, `scales` `(L, M)`: all thresholds and cumulative scales at the end.
+    - `crossing_times` `(N, M)`: when each point is truncated or released (`inf`: never).
+    - `truncated` `(N, M)`: truncated for all large t; `truncated_from` `(N, M)`: the time
+      from which it stays truncated (0 if from the start, `inf` if never).
+    - `collapsed` `(Q,)`: every point of the class ends truncated in every coordinate (it
+      maps to one point); `collapse_time` `(Q,)`: from when (`inf` if never);
+      `collapsed_at_start` `(Q,)`: already collapsed at t = 0 (reported apart).
+    - `result`: a `RESULTS` code.
+    """
+
+    theta_star: Float[Array, " width"]
+    kind: Int[Array, " width"]
+    direction: Int[Array, " width"]
+    end_time: Float[Array, " width"]
+    thresholds: Float[Array, "depth width"]
+    scales: Float[Array, "depth width"]
+    crossing_times: Float[Array, "points width"]
+    truncated: Bool[Array, "points width"]
+    truncated_from: Float[Array, "points width"]
+    collapsed: Bool[Array, " classes"]
+    collapse_time: Float[Array, " classes"]
+    collapsed_at_start: Bool[Array, " classes"]
+    result: Int[Array, ""]
+
+
+def end_state(
+    net: AdaptedReLUNet,
+    data: Dataset,
+    *,
+    train_weights: bool = True,
+    solver=None,
+    rtol: float | None = None,
+    atol: float | None = None,
+    max_steps: int | None = None,
+) -> EndState:
+    """Where the effective flow of `net` on `data` ends, why, and when (THEORY §7).
+
+    The end level of each coordinate comes from one scan over the sorted data; the final
+    thresholds and scales from the data-free orbit in θ*; the times (crossings, kinks,
+    collapses) from the clock. No integration in time, so it is cheap enough for 10^5
+    seeds under `vmap`. Same rules and arguments as `solve_effective(method="orbit")`.
+    """
+    stats, theta, scales, _, _, _, _ = _prepare(
+        net, data, jnp.zeros(1), None, None, None, "end_state"
+    )
+    settings = solver_settings(theta.dtype, solver, rtol, atol, max_steps, "orbit")
+    return _end_state(stats, theta, scales, data.labels, data.num_classes, bool(train_weights), *settings)
+
+
+@eqx.filter_jit
+def _end_state(stats, theta, scales, labels, num_classes, train_weights, solver, rtol, atol, max_steps):
+    tools = orbit_tools(theta.dtype, rtol, atol, solver)
+    ts = jnp.full(1, jnp.inf, theta.dtype)
+    flows = flow_coordinates(stats, theta, scales, ts, train_weights=train_weights, tools=tools, max_steps=max_steps)
+    crossing = unsort(stats, flows.crossing_times)
+    u = jnp.take_along_axis(stats.u_sorted, jnp.argsort(stats.order, axis=0), axis=0)
+    at_start = u <= jnp.max(theta, axis=0)[None]
+    crosses = jnp.isfinite(crossing)
+    truncated = at_start != crosses
+    truncated_from = jnp.where(at_start & ~crosses, 0.0, jnp.where(~at_start & crosses, crossing, jnp.inf))
+    per_point = jnp.max(truncated_from, axis=1)
+    collapse_time = jax.ops.segment_max(per_point, labels, num_segments=num_classes)
+    start_all = jax.ops.segment_min(jnp.all(at_start, axis=1).astype(jnp.int32), labels, num_segments=num_classes)
+    return EndState(
+        theta_star=flows.end_level,
+        kind=flows.end_kind,
+        direction=flows.direction,
+        end_time=flows.end_time,
+        thresholds=flows.end_thresholds.T,
+        scales=flows.end_scales.T,
+        crossing_times=crossing,
+        truncated=truncated,
+        truncated_from=truncated_from,
+        collapsed=jnp.isfinite(collapse_time),
+        collapse_time=collapse_time,
+        collapsed_at_start=start_all.astype(bool),
+        result=result_code(flows, theta, scales),
+    )
