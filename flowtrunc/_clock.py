@@ -26,10 +26,14 @@ import numpy as np
 from ._ending import ASYMPTOTE
 from ._orbit import Orbit, star_rate
 
-_NODES, _WEIGHTS = np.polynomial.legendre.leggauss(16)
-_PANELS = np.array([0.0, 1.0, 8.0, 64.0])
+_FULL = (np.array([0.0, 1.0, 8.0, 64.0]), *np.polynomial.legendre.leggauss(16))
+# Short pieces: 4 nodes on [0, 1] and on [1, 64] of w. At most _BUDGET pieces can be
+# longer than 1/_BUDGET of the path, and those (those with W > 1 first) get _FULL; a
+# 4-node rule on a piece of relative length ℓ errs by ~(ℓ/2)^8 of the integrand's scale.
+_SHORT = (np.array([0.0, 1.0, 64.0]), *np.polynomial.legendre.leggauss(4))
+_BUDGET = 128
 _NEWTON_STEPS = 10
-_BATCH = 2048  # pieces per batch of the quadrature (bounds memory at large N)
+_BATCH = 4096  # pieces per batch of the short rule (bounds memory at large N)
 
 
 class Clock(eqx.Module):
@@ -49,20 +53,21 @@ def _inverse_rate(orbit: Orbit, s, layer, train_weights):
     return 1.0 / star_rate(theta, scales, layer, train_weights)
 
 
-def _integral(orbit, clock, piece, width, train_weights):
+def _integral(orbit, clock, piece, width, train_weights, rule=_FULL):
     """$\\int_0^{width} h\\,dw$ in `piece` (width may be inf in the asymptote piece)."""
+    panels, nodes, weights = rule
     start = clock.breaks[piece]
     distance = clock.means[piece] - start
     ref = clock.refs[piece]
     dtype = start.dtype
-    lo = jnp.minimum(jnp.asarray(_PANELS[:-1], dtype), width)
-    hi = jnp.minimum(jnp.asarray(_PANELS[1:], dtype), width)
+    lo = jnp.minimum(jnp.asarray(panels[:-1], dtype), width)
+    hi = jnp.minimum(jnp.asarray(panels[1:], dtype), width)
     half = 0.5 * (hi - lo)
-    w = lo[:, None] + half[:, None] * (1.0 + jnp.asarray(_NODES, dtype)[None])
+    w = lo[:, None] + half[:, None] * (1.0 + jnp.asarray(nodes, dtype)[None])
     s = start - distance * jnp.expm1(-w)
     h = jax.vmap(jax.vmap(lambda x: _inverse_rate(orbit, x, clock.layers[piece], train_weights)))(s)
     finite_width = jnp.where(jnp.isfinite(width), width, 0.0)
-    smooth = jnp.sum(half[:, None] * jnp.asarray(_WEIGHTS, dtype)[None] * (h - ref))
+    smooth = jnp.sum(half[:, None] * jnp.asarray(weights, dtype)[None] * (h - ref))
     return ref * finite_width + smooth
 
 
@@ -88,8 +93,11 @@ def build_clock(orbit: Orbit, u_sorted, target_sums, theta_star, direction, end_
     clock = Clock(breaks, jnp.zeros_like(breaks), num / safe_counts.astype(dtype), means, limits, refs, layers)
     pieces = jnp.arange(a.shape[0])
     spans = jax.lax.map(
-        lambda args: _integral(orbit, clock, *args, train_weights), (pieces, limits), batch_size=_BATCH
+        lambda args: _integral(orbit, clock, *args, train_weights, _SHORT), (pieces, limits), batch_size=_BATCH
     )
+    score = jnp.where(limits > 1.0, 2.0 + jnp.minimum(limits, 64.0), (b - a) / jnp.maximum(length, 1e-300))
+    _, hard = jax.lax.top_k(score, min(_BUDGET, a.shape[0]))
+    spans = spans.at[hard].set(jax.vmap(lambda i: _integral(orbit, clock, i, limits[i], train_weights))(hard))
     durations = jnp.where(asymptote, jnp.inf, clock.rates * spans)
     times = jnp.concatenate([jnp.zeros(1, dtype), jnp.cumsum(durations)])
     return eqx.tree_at(lambda c: c.times, clock, times)
