@@ -92,7 +92,7 @@ def _print_summary(out_dir) -> None:
         f"{summary['ok_seeds']}/{summary['seeds']} seeds ok "
         f"({summary['flow_failures']} flow failures, {summary['training_divergences']} diverged)"
     )
-    for name in ("threshold_error", "cost_error", "event_time_error", "truncation_agreement"):
+    for name in ("threshold_error", "cost_error", "crossing_time_error", "truncation_agreement"):
         q = summary.get(name)
         if q:
             print(f"  {name:22s} median {q['q50']:.3g}   90% {q['q90']:.3g}   max {q['q100']:.3g}")

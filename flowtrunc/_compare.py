@@ -199,16 +199,21 @@ def compare_seed(seed, config: CompareConfig, user_data: Dataset | None = None):
     star_train = jnp.max(run.thresholds, axis=1)
     u = data.x @ net.fixed_frame.T
 
-    # event times: when training first shows each truncation/release of the flow
-    crossing = (flow.event_kinds == 0) | (flow.event_kinds == 1)
-    coords = jnp.clip(flow.event_coords, 0)
-    levels = u[jnp.clip(flow.event_points, 0), coords]
-    directions = jnp.where(flow.event_kinds == 0, 1.0, -1.0)
-    seen = jax.vmap(lambda k, a, s: _first_crossing(times, star_train[:, k], a, s))(
-        coords, levels, directions
-    )
-    event_errors = jnp.where(crossing, seen - flow.event_times, jnp.nan)
-    matched = crossing & jnp.isfinite(event_errors)
+    # crossing times, point by point: when training's θ* passes each data coordinate the
+    # flow crosses by t1 (interpolated between saves), against the flow's exact time
+    flow_cross = flow.crossing_times
+    in_window = flow_cross <= times[-1]
+    direction = jnp.where(jnp.max(flow.thresholds[-1], axis=0) >= jnp.max(flow.thresholds[0], axis=0), 1.0, -1.0)
+    seen = jax.vmap(  # over coordinates, then points
+        lambda star, levels, sign: jax.vmap(lambda level: _first_crossing(times, star, level, sign))(levels),
+        in_axes=(1, 1, 0),
+        out_axes=1,
+    )(star_train, u, direction)
+    initially = u <= star_train[0][None]
+    train_cross = jnp.where(initially == (direction[None] > 0), jnp.nan, seen)
+    matched = in_window & jnp.isfinite(train_cross)
+    crossing_errors = jnp.where(matched, jnp.abs(train_cross - flow_cross), 0.0)
+    extra = jnp.isfinite(train_cross) & ~in_window
 
     class_top = jax.ops.segment_max(u, data.labels, num_segments=data.num_classes)
     collapse_flow = _collapse_times(times, star_flow, class_top)
@@ -223,9 +228,10 @@ def compare_seed(seed, config: CompareConfig, user_data: Dataset | None = None):
         cost_error=jnp.max(jnp.abs(run.cost - flow.cost)) / flow.cost[0],
         truncation_agreement=jnp.mean(jnp.all(run.n_truncated == flow.n_truncated, axis=1)),
         num_events=flow.num_events,
-        crossing_events=jnp.sum(crossing),
-        unmatched_events=jnp.sum(crossing & ~matched),
-        event_time_error=jnp.max(jnp.where(matched, jnp.abs(event_errors), 0.0)),
+        crossings=jnp.sum(in_window),
+        unmatched_crossings=jnp.sum(in_window & ~matched),
+        extra_crossings=jnp.sum(extra),
+        crossing_time_error=jnp.max(crossing_errors),
         collapse_time_flow=collapse_flow,
         collapse_time_train=collapse_train,
         collapsed_flow=jnp.sum(jnp.isfinite(collapse_flow)),
@@ -342,9 +348,10 @@ def summarise(metrics: dict, config: CompareConfig) -> dict:
         "threshold_error",
         "cost_error",
         "truncation_agreement",
-        "event_time_error",
+        "crossing_time_error",
         "num_events",
-        "unmatched_events",
+        "unmatched_crossings",
+        "extra_crossings",
         "collapse_time_error",
         "drift",
     )

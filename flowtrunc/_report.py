@@ -104,7 +104,7 @@ def _errors(plt, config, metrics, tr):
     panels = [
         ("threshold_error", "max |θ_train − θ_flow| / max|θ|"),
         ("cost_error", "max |C_train − C_flow| / C(0)"),
-        ("event_time_error", "max |event time error|"),
+        ("crossing_time_error", "max |crossing time error|"),
         ("truncation_agreement", "fraction of times all n_k agree"),
     ]
     fig, axes = plt.subplots(1, len(panels), figsize=(4 * len(panels), 3.2), constrained_layout=True)

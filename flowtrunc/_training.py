@@ -56,8 +56,8 @@ class TrainingRun(eqx.Module):
     `thresholds` `(S, L, M)` and `scales` (cumulative) are read in the initial frame R:
     `F = W^(l) Rᵀ`, `scales = diag F`, `thresholds = −b^(l)/diag F` (exact in adapted
     mode). `drift` `(S, L)` is `‖F − diag F‖_F / ‖diag F‖`, zero on the adapted family.
-    `n_truncated` `(S, M)` counts points whose unit k is inactive in some layer of the
-    real forward pass. `result` is a `RESULTS` code; `diverged_step` is the first bad
+    `n_truncated` `(S, M)` counts points whose unit k is inactive (pre-activation <= 0)
+    in some layer of the real forward pass. `result` is a `RESULTS` code; `diverged_step` is the first bad
     step or -1. Values after a divergence are NaN. `net` is the final network.
     """
 
@@ -75,12 +75,13 @@ class TrainingRun(eqx.Module):
 
 
 def truncated_counts(net, x):
-    """Per unit k, the number of points with a negative pre-activation in some layer."""
+    """Per unit k, the number of points with a pre-activation <= 0 in some layer (at 0,
+    ReLU's derivative is 0: gradient descent treats the point as truncated)."""
 
     def step(h, wb):
         weight, bias = wb
         pre = h @ weight.T + bias[None]
-        return jnp.maximum(pre, 0.0), pre < 0
+        return jnp.maximum(pre, 0.0), pre <= 0
 
     _, inactive = lax.scan(step, x, (net.layer_weights(), net.biases))
     return jnp.sum(jnp.any(inactive, axis=0), axis=0).astype(jnp.int32)

@@ -30,9 +30,10 @@ SUMMARY_KEYS = {
     "threshold_error",
     "cost_error",
     "truncation_agreement",
-    "event_time_error",
+    "crossing_time_error",
     "num_events",
-    "unmatched_events",
+    "unmatched_crossings",
+    "extra_crossings",
     "collapse_time_error",
     "drift",
 }
