@@ -11,11 +11,18 @@ $$\Delta t = \frac{N}{n}\int_0^{W} h(\theta^*(w))\,dw, \qquad h = 1/\Gamma_{\ell
 
 with $h$ smooth along the orbit. The integral is $h_\text{ref} W$ (exact) plus the
 integral of $h - h_\text{ref}$, $h_\text{ref}$ the value at the end of the piece, by
-16-point Gauss–Legendre on the panels [0, 1], [1, 8] and [8, 64] of w (beyond w = 1 the
-integrand is a sum of terms $e^{-kw}$, integrated there to ~1e-15 relative). In the piece
-that holds $\bar v$ (W = ∞) the second part decays like $e^{-w}$ (neglected past
-w = 64), so the time to reach any θ* before $\bar v$ is finite and accurate, and the
-piece never ends. Times at given t follow by Newton's method on the monotone clock.
+Gauss–Legendre on the panels [0, 1], [1, 8] and [8, 64] of w (beyond w = 1 the integrand
+is a sum of terms $e^{-kw}$). In the piece that holds $\bar v$ (W = ∞) the second part
+decays like $e^{-w}$ (neglected past w = 64), so the time to reach any θ* before
+$\bar v$ is finite and the piece never ends.
+
+Nodes per panel, by need: every piece gets 4 on [0, 1] and 4 on [1, 8]; the `_LONG`
+longest pieces get 16 on each of [0, ¼], [¼, ½], [½, 1] (the others are shorter than
+1/`_LONG` of the path, where a 4-node rule errs by ~(ℓ/2)^8 of h's variation); the
+`_TAILED` pieces with the largest W > 1 (the asymptote's among them) get 16 on each of
+[1, 2], [2, 4], …, [32, 64]. Each panel keeps the Legendre coefficients of its
+interpolant, so the clock at any w inside a piece, and its inverse by Newton's method,
+cost no further evaluation of the orbit.
 """
 
 import equinox as eqx
@@ -26,18 +33,30 @@ import numpy as np
 from ._ending import ASYMPTOTE
 from ._orbit import Orbit, star_rate
 
-_FULL = (np.array([0.0, 1.0, 8.0, 64.0]), *np.polynomial.legendre.leggauss(16))
-# Short pieces: 4 nodes on [0, 1] and on [1, 64] of w. At most _BUDGET pieces can be
-# longer than 1/_BUDGET of the path, and those (those with W > 1 first) get _FULL; a
-# 4-node rule on a piece of relative length ℓ errs by ~(ℓ/2)^8 of the integrand's scale.
-_SHORT = (np.array([0.0, 1.0, 64.0]), *np.polynomial.legendre.leggauss(4))
-_BUDGET = 128
+_SHORT_PANELS = ((0.0, 1.0), (1.0, 8.0))  # every piece, 4 nodes each
+_HEAD_PANELS = ((0.0, 0.25), (0.25, 0.5), (0.5, 1.0))  # the _LONG longest pieces, 16 nodes
+_TAIL_PANELS = ((1.0, 2.0), (2.0, 4.0), (4.0, 8.0), (8.0, 16.0), (16.0, 32.0), (32.0, 64.0))  # _TAILED
+_DEGREE = 16  # Legendre coefficients kept per panel
+_LONG = 32
+_TAILED = 8
 _NEWTON_STEPS = 10
-_BATCH = 4096  # pieces per batch of the short rule (bounds memory at large N)
+_BATCH = 4096  # pieces per batch of the 4-node pass (bounds memory at large N)
+
+
+def _rule(nodes: int):
+    """Gauss–Legendre nodes, weights and the node values → Legendre coefficients map."""
+    x, w = np.polynomial.legendre.leggauss(nodes)
+    basis = np.polynomial.legendre.legvander(x, nodes - 1)  # (nodes, nodes)
+    transform = (np.arange(nodes)[:, None] + 0.5) * basis.T * w[None]
+    return x, w, transform
+
+
+_RULES = {4: _rule(4), 16: _rule(16)}
 
 
 class Clock(eqx.Module):
-    """Pieces of one coordinate's path, in path length s, and the time at their ends."""
+    """Pieces of one coordinate's path, in path length s, and the time at their ends, with
+    the Legendre coefficients of h − h_ref on each quadrature panel."""
 
     breaks: jax.Array  # (P+1,) ascending s of the piece boundaries
     times: jax.Array  # (P+1,) time at each break; inf from the asymptote on
@@ -46,6 +65,11 @@ class Clock(eqx.Module):
     limits: jax.Array  # (P,) W at the end of each piece (inf for the asymptote piece)
     refs: jax.Array  # (P,) h at the end of each piece
     layers: jax.Array  # (P,) active layer in each piece
+    short: jax.Array  # (P, 2, 4) on _SHORT_PANELS
+    long_slot: jax.Array  # (P,) row of `head`, or -1
+    head: jax.Array  # (B1, 3, 16) on _HEAD_PANELS
+    tail_slot: jax.Array  # (P,) row of `tail`, or -1
+    tail: jax.Array  # (B2, 6, 16) on _TAIL_PANELS
 
 
 def _inverse_rate(orbit: Orbit, s, layer, train_weights):
@@ -53,22 +77,61 @@ def _inverse_rate(orbit: Orbit, s, layer, train_weights):
     return 1.0 / star_rate(theta, scales, layer, train_weights)
 
 
-def _integral(orbit, clock, piece, width, train_weights, rule=_FULL):
-    """$\\int_0^{width} h\\,dw$ in `piece` (width may be inf in the asymptote piece)."""
-    panels, nodes, weights = rule
-    start = clock.breaks[piece]
-    distance = clock.means[piece] - start
-    ref = clock.refs[piece]
-    dtype = start.dtype
-    lo = jnp.minimum(jnp.asarray(panels[:-1], dtype), width)
-    hi = jnp.minimum(jnp.asarray(panels[1:], dtype), width)
+def _panel(orbit, clock, piece, bounds, nodes, train_weights):
+    """Integral of h − h_ref over the panel `bounds` of `piece` (clipped to its W), and the
+    Legendre coefficients of the interpolant through the nodes."""
+    x, w, transform = _RULES[nodes]
+    dtype = clock.breaks.dtype
+    width = clock.limits[piece]
+    lo, hi = jnp.minimum(bounds[0], width), jnp.minimum(bounds[1], width)
     half = 0.5 * (hi - lo)
-    w = lo[:, None] + half[:, None] * (1.0 + jnp.asarray(nodes, dtype)[None])
-    s = start - distance * jnp.expm1(-w)
-    h = jax.vmap(jax.vmap(lambda x: _inverse_rate(orbit, x, clock.layers[piece], train_weights)))(s)
-    finite_width = jnp.where(jnp.isfinite(width), width, 0.0)
-    smooth = jnp.sum(half[:, None] * jnp.asarray(weights, dtype)[None] * (h - ref))
-    return ref * finite_width + smooth
+    at = lo + half * (1.0 + jnp.asarray(x, dtype))
+    s = clock.breaks[piece] - (clock.means[piece] - clock.breaks[piece]) * jnp.expm1(-at)
+    values = jax.vmap(lambda x: _inverse_rate(orbit, x, clock.layers[piece], train_weights))(s) - clock.refs[piece]
+    return half * jnp.sum(jnp.asarray(w, dtype) * values), jnp.asarray(transform, dtype) @ values
+
+
+def _panels(orbit, clock, piece, panels, nodes, train_weights):
+    out = [_panel(orbit, clock, piece, bounds, nodes, train_weights) for bounds in panels]
+    return sum(o[0] for o in out), jnp.stack([o[1] for o in out])
+
+
+def _partial(bounds, width, coefficients, w):
+    """∫ over [lo, min(w, hi)] of the Legendre series of a panel ([lo, hi] clipped to W)."""
+    lo, hi = jnp.minimum(bounds[0], width), jnp.minimum(bounds[1], width)
+    degree = coefficients.shape[0]
+    half = 0.5 * (hi - lo)
+    x = jnp.clip(jnp.where(half > 0, (w - lo) / jnp.where(half > 0, half, 1.0) - 1.0, -1.0), -1.0, 1.0)
+    legendre = [jnp.ones_like(x), x]
+    for k in range(1, degree):
+        legendre.append(((2 * k + 1) * x * legendre[k] - k * legendre[k - 1]) / (k + 1))
+    integrals = [x + 1.0] + [(legendre[k + 1] - legendre[k - 1]) / (2 * k + 1) for k in range(1, degree)]
+    return half * jnp.sum(coefficients * jnp.stack(integrals))
+
+
+def _clock_integral(clock, piece, w):
+    """$\\int_0^w h\\,dw'$ inside `piece`, from the stored coefficients."""
+    width = clock.limits[piece]
+
+    def series(panels, coefficients):
+        return sum(_partial(bounds, width, c, w) for bounds, c in zip(panels, coefficients))
+
+    long_slot, tail_slot = clock.long_slot[piece], clock.tail_slot[piece]
+    head = jnp.where(
+        long_slot >= 0,
+        series(_HEAD_PANELS, clock.head[jnp.maximum(long_slot, 0)]),
+        series(_SHORT_PANELS[:1], clock.short[piece, :1]),
+    )
+    tail = jnp.where(
+        tail_slot >= 0,
+        series(_TAIL_PANELS, clock.tail[jnp.maximum(tail_slot, 0)]),
+        series(_SHORT_PANELS[1:], clock.short[piece, 1:]),
+    )
+    return clock.refs[piece] * jnp.where(jnp.isfinite(w), w, 0.0) + head + tail
+
+
+def _slots(chosen, num_pieces):
+    return jnp.full(num_pieces, -1, jnp.int32).at[chosen].set(jnp.arange(chosen.shape[0], dtype=jnp.int32))
 
 
 def build_clock(orbit: Orbit, u_sorted, target_sums, theta_star, direction, end_level, end_kind, switches, train_weights):
@@ -90,17 +153,39 @@ def build_clock(orbit: Orbit, u_sorted, target_sums, theta_star, direction, end_
     limits = jnp.where(asymptote, jnp.inf, jnp.where(moving, jnp.log1p((b - a) / gap), 0.0))
     layers = jax.vmap(orbit.layer)(0.5 * (a + b))
     refs = jax.vmap(lambda s, layer: _inverse_rate(orbit, s, layer, train_weights))(b, layers)
-    clock = Clock(breaks, jnp.zeros_like(breaks), num / safe_counts.astype(dtype), means, limits, refs, layers)
-    pieces = jnp.arange(a.shape[0])
-    spans = jax.lax.map(
-        lambda args: _integral(orbit, clock, *args, train_weights, _SHORT), (pieces, limits), batch_size=_BATCH
+    num_pieces = a.shape[0]
+    _, long = jax.lax.top_k(b - a, min(_LONG, num_pieces))
+    _, tailed = jax.lax.top_k(jnp.where(limits > 1.0, limits, 0.0), min(_TAILED, num_pieces))
+    clock = Clock(
+        breaks=breaks,
+        times=jnp.zeros_like(breaks),
+        rates=num / safe_counts.astype(dtype),
+        means=means,
+        limits=limits,
+        refs=refs,
+        layers=layers,
+        short=jnp.zeros((num_pieces, 2, 4), dtype),
+        long_slot=_slots(long, num_pieces),
+        head=jnp.zeros((long.shape[0], 3, _DEGREE), dtype),
+        tail_slot=_slots(tailed, num_pieces),
+        tail=jnp.zeros((tailed.shape[0], 6, _DEGREE), dtype),
     )
-    score = jnp.where(limits > 1.0, 2.0 + jnp.minimum(limits, 64.0), (b - a) / jnp.maximum(length, 1e-300))
-    _, hard = jax.lax.top_k(score, min(_BUDGET, a.shape[0]))
-    spans = spans.at[hard].set(jax.vmap(lambda i: _integral(orbit, clock, i, limits[i], train_weights))(hard))
+
+    def short(piece):
+        return [_panels(orbit, clock, piece, (bounds,), 4, train_weights) for bounds in _SHORT_PANELS]
+
+    (head_span, head_c), (tail_span, tail_c) = jax.lax.map(short, jnp.arange(num_pieces), batch_size=_BATCH)
+    long_span, long_c = jax.vmap(lambda i: _panels(orbit, clock, i, _HEAD_PANELS, 16, train_weights))(long)
+    tailed_span, tailed_c = jax.vmap(lambda i: _panels(orbit, clock, i, _TAIL_PANELS, 16, train_weights))(tailed)
+    head_span = head_span.at[long].set(long_span)
+    tail_span = tail_span.at[tailed].set(tailed_span)
+    spans = refs * jnp.where(asymptote, 0.0, limits) + head_span + tail_span
     durations = jnp.where(asymptote, jnp.inf, clock.rates * spans)
     times = jnp.concatenate([jnp.zeros(1, dtype), jnp.cumsum(durations)])
-    return eqx.tree_at(lambda c: c.times, clock, times)
+    short_c = jnp.concatenate([head_c, tail_c], axis=1)
+    return eqx.tree_at(
+        lambda c: (c.times, c.short, c.head, c.tail), clock, (times, short_c, long_c, tailed_c)
+    )
 
 
 def time_at(clock: Clock, s):
@@ -108,8 +193,9 @@ def time_at(clock: Clock, s):
     return clock.times[jnp.searchsorted(clock.breaks, s, side="left")]
 
 
-def path_at(orbit: Orbit, clock: Clock, t, train_weights):
-    """Path length s reached at time `t` (t may be inf), by Newton's method in w."""
+def path_at(clock: Clock, t):
+    """Path length s reached at time `t` (t may be inf), by Newton's method in w on the
+    stored interpolants of h (no evaluation of the orbit)."""
     num_pieces = clock.rates.shape[0]
     piece = jnp.searchsorted(clock.times, t, side="right") - 1
     beyond = piece >= num_pieces
@@ -118,12 +204,13 @@ def path_at(orbit: Orbit, clock: Clock, t, train_weights):
     distance = clock.means[piece] - start
     target = jnp.where(beyond, 0.0, (t - clock.times[piece]) / clock.rates[piece])
     limit = clock.limits[piece]
-    layer = clock.layers[piece]
+
+    def slope(w):
+        derivative = jax.grad(lambda v: _clock_integral(clock, piece, v))(w)
+        return jnp.maximum(derivative, 0.5 * clock.refs[piece])
 
     def newton(w, _):
-        s = start - distance * jnp.expm1(-w)
-        slope = _inverse_rate(orbit, s, layer, train_weights)
-        w = w - (_integral(orbit, clock, piece, w, train_weights) - target) / slope
+        w = w - (_clock_integral(clock, piece, w) - target) / slope(w)
         return jnp.clip(w, 0.0, limit), None
 
     w0 = jnp.clip(target / clock.refs[piece], 0.0, limit)

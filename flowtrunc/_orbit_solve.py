@@ -55,7 +55,7 @@ def coordinate_flow(u_sorted, target_sums, theta, scales, ts, *, train_weights, 
     )
     switches = orbit.segment_starts[1:]
     clock = build_clock(orbit, u_sorted, target_sums, theta_star, direction, end.level, end.kind, switches, train_weights)
-    s_out = jax.vmap(lambda t: path_at(orbit, clock, t, train_weights))(ts)
+    s_out = jax.vmap(lambda t: path_at(clock, t))(ts)
 
     def state(s):
         """The orbit at `s`, with θ* exact: θ*_0 ± s (the end level itself at the end)."""
