@@ -96,38 +96,48 @@ def _panels(orbit, clock, piece, panels, nodes, train_weights):
     return sum(o[0] for o in out), jnp.stack([o[1] for o in out])
 
 
-def _partial(bounds, width, coefficients, w):
-    """∫ over [lo, min(w, hi)] of the Legendre series of a panel ([lo, hi] clipped to W)."""
-    lo, hi = jnp.minimum(bounds[0], width), jnp.minimum(bounds[1], width)
-    degree = coefficients.shape[0]
-    half = 0.5 * (hi - lo)
-    x = jnp.clip(jnp.where(half > 0, (w - lo) / jnp.where(half > 0, half, 1.0) - 1.0, -1.0), -1.0, 1.0)
-    legendre = [jnp.ones_like(x), x]
-    for k in range(1, degree):
-        legendre.append(((2 * k + 1) * x * legendre[k] - k * legendre[k - 1]) / (k + 1))
-    integrals = [x + 1.0] + [(legendre[k + 1] - legendre[k - 1]) / (2 * k + 1) for k in range(1, degree)]
-    return half * jnp.sum(coefficients * jnp.stack(integrals))
+def _series(lows, highs, coefficients, w):
+    """For panels `[lows, highs]` with Legendre coefficients `(panels, degree)`: the sum
+    of their integrals over [lo, min(w, hi)], and the series' value at w (derivative)."""
+    half = 0.5 * (highs - lows)
+    inside = (w >= lows) & (w < highs)
+    x = jnp.clip(jnp.where(half > 0, (w - lows) / jnp.where(half > 0, half, 1.0) - 1.0, -1.0), -1.0, 1.0)
+    previous, current = jnp.ones_like(x), x
+    integral = coefficients[:, 0] * (x + 1.0)
+    value = coefficients[:, 0] + coefficients[:, 1] * x
+    for k in range(1, coefficients.shape[1]):
+        following = ((2 * k + 1) * x * current - k * previous) / (k + 1)
+        integral = integral + coefficients[:, k] * (following - previous) / (2 * k + 1)
+        if k + 1 < coefficients.shape[1]:
+            value = value + coefficients[:, k + 1] * following
+        previous, current = current, following
+    return jnp.sum(half * integral), jnp.sum(jnp.where(inside, value, 0.0))
+
+
+def _pad(coefficients):
+    return jnp.pad(coefficients, ((0, 0), (0, _DEGREE - coefficients.shape[1])))
 
 
 def _clock_integral(clock, piece, w):
-    """$\\int_0^w h\\,dw'$ inside `piece`, from the stored coefficients."""
+    """$\\int_0^w h\\,dw'$ inside `piece` from the stored coefficients, and h(w)."""
     width = clock.limits[piece]
-
-    def series(panels, coefficients):
-        return sum(_partial(bounds, width, c, w) for bounds, c in zip(panels, coefficients))
-
     long_slot, tail_slot = clock.long_slot[piece], clock.tail_slot[piece]
-    head = jnp.where(
-        long_slot >= 0,
-        series(_HEAD_PANELS, clock.head[jnp.maximum(long_slot, 0)]),
-        series(_SHORT_PANELS[:1], clock.short[piece, :1]),
+    panels = _SHORT_PANELS + _HEAD_PANELS + _TAIL_PANELS
+    bounds = jnp.minimum(jnp.asarray(panels, width.dtype), width)
+    use = jnp.concatenate(
+        [
+            jnp.stack([long_slot < 0, tail_slot < 0]),
+            jnp.full(len(_HEAD_PANELS), long_slot >= 0),
+            jnp.full(len(_TAIL_PANELS), tail_slot >= 0),
+        ]
     )
-    tail = jnp.where(
-        tail_slot >= 0,
-        series(_TAIL_PANELS, clock.tail[jnp.maximum(tail_slot, 0)]),
-        series(_SHORT_PANELS[1:], clock.short[piece, 1:]),
+    coefficients = jnp.concatenate(
+        [_pad(clock.short[piece]), clock.head[jnp.maximum(long_slot, 0)], clock.tail[jnp.maximum(tail_slot, 0)]]
     )
-    return clock.refs[piece] * jnp.where(jnp.isfinite(w), w, 0.0) + head + tail
+    coefficients = jnp.where(use[:, None], coefficients, 0.0)
+    integral, value = _series(bounds[:, 0], bounds[:, 1], coefficients, w)
+    ref = clock.refs[piece]
+    return ref * jnp.where(jnp.isfinite(w), w, 0.0) + integral, ref + value
 
 
 def _slots(chosen, num_pieces):
@@ -205,12 +215,9 @@ def path_at(clock: Clock, t):
     target = jnp.where(beyond, 0.0, (t - clock.times[piece]) / clock.rates[piece])
     limit = clock.limits[piece]
 
-    def slope(w):
-        derivative = jax.grad(lambda v: _clock_integral(clock, piece, v))(w)
-        return jnp.maximum(derivative, 0.5 * clock.refs[piece])
-
     def newton(w, _):
-        w = w - (_clock_integral(clock, piece, w) - target) / slope(w)
+        integral, slope = _clock_integral(clock, piece, w)
+        w = w - (integral - target) / jnp.maximum(slope, 0.5 * clock.refs[piece])
         return jnp.clip(w, 0.0, limit), None
 
     w0 = jnp.clip(target / clock.refs[piece], 0.0, limit)
