@@ -11,10 +11,10 @@ from ._data import load_npz as load_npz
 from ._data import make_clusters as make_clusters
 from ._data import make_staircase as make_staircase
 from ._effective import EffectiveVelocity as EffectiveVelocity
+from ._effective import effective_field as effective_field
 from ._end_state import END_KINDS as END_KINDS
 from ._end_state import EndState as EndState
 from ._end_state import end_state as end_state
-from ._effective import effective_field as effective_field
 from ._events import EVENT_KINDS as EVENT_KINDS
 from ._flow import solve_effective as solve_effective
 from ._flow import solve_frozen_exact as solve_frozen_exact

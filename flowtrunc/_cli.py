@@ -140,13 +140,22 @@ def _demo(args) -> int:
     print(f"{'t':>8} {'cost':>12}  truncated points per frame coordinate")
     for t, cost, counts in zip(np.asarray(sol.ts), np.asarray(sol.cost), np.asarray(sol.n_truncated)):
         print(f"{t:8.3f} {cost:12.6f}  {counts.tolist()}")
-    print(f"{int(sol.num_events)} events in {int(sol.num_segments)} segments:")
+    print(f"{int(sol.num_events)} events of the whole flow (t in [0, inf)), orbit-clock solver:")
     for i in range(min(int(sol.num_events), len(sol.event_times))):
         point = int(sol.event_points[i])
         what = f"of point {point}" if point >= 0 else f"(active layer {int(sol.event_layers[i]) + 1})"
         print(
             f"  t={float(sol.event_times[i]):.5f} coordinate {int(sol.event_coords[i])} "
             f"{EVENT_KINDS[int(sol.event_kinds[i])]} {what}"
+        )
+    from ._end_state import END_KINDS, end_state
+
+    end = end_state(net, data, train_weights=not args.freeze_weights)
+    for k in range(args.dim):
+        when = float(end.end_time[k])
+        print(
+            f"coordinate {k} ends: {END_KINDS[int(end.kind[k])]} at θ* = {float(end.theta_star[k]):.5f}"
+            + (f" (from t = {when:.5f})" if np.isfinite(when) else " (as t → ∞)")
         )
     message = describe(sol.result)[0]
     print("result:", message or "successful")

@@ -87,7 +87,9 @@ def _panel(orbit, clock, piece, bounds, nodes, train_weights):
     half = 0.5 * (hi - lo)
     at = lo + half * (1.0 + jnp.asarray(x, dtype))
     s = clock.breaks[piece] - (clock.means[piece] - clock.breaks[piece]) * jnp.expm1(-at)
-    values = jax.vmap(lambda x: _inverse_rate(orbit, x, clock.layers[piece], train_weights))(s) - clock.refs[piece]
+    values = (
+        jax.vmap(lambda x: _inverse_rate(orbit, x, clock.layers[piece], train_weights))(s) - clock.refs[piece]
+    )
     return half * jnp.sum(jnp.asarray(w, dtype) * values), jnp.asarray(transform, dtype) @ values
 
 
@@ -132,7 +134,11 @@ def _clock_integral(clock, piece, w):
         ]
     )
     coefficients = jnp.concatenate(
-        [_pad(clock.short[piece]), clock.head[jnp.maximum(long_slot, 0)], clock.tail[jnp.maximum(tail_slot, 0)]]
+        [
+            _pad(clock.short[piece]),
+            clock.head[jnp.maximum(long_slot, 0)],
+            clock.tail[jnp.maximum(tail_slot, 0)],
+        ]
     )
     coefficients = jnp.where(use[:, None], coefficients, 0.0)
     integral, value = _series(bounds[:, 0], bounds[:, 1], coefficients, w)
@@ -144,13 +150,17 @@ def _slots(chosen, num_pieces):
     return jnp.full(num_pieces, -1, jnp.int32).at[chosen].set(jnp.arange(chosen.shape[0], dtype=jnp.int32))
 
 
-def build_clock(orbit: Orbit, u_sorted, target_sums, theta_star, direction, end_level, end_kind, switches, train_weights):
+def build_clock(
+    orbit: Orbit, u_sorted, target_sums, theta_star, direction, end_level, end_kind, switches, train_weights
+):
     """The clock of one coordinate. `switches` `(L-1,)`: path lengths of layer switches."""
     num = u_sorted.shape[0]
     dtype = u_sorted.dtype
     length = jnp.abs(end_level - theta_star)
     path = lambda level: jnp.clip(direction * (level - theta_star), 0.0, length)  # noqa: E731
-    breaks = jnp.sort(jnp.concatenate([jnp.zeros(1, dtype), path(u_sorted), jnp.clip(switches, 0.0, length), length[None]]))
+    breaks = jnp.sort(
+        jnp.concatenate([jnp.zeros(1, dtype), path(u_sorted), jnp.clip(switches, 0.0, length), length[None]])
+    )
     a, b = breaks[:-1], breaks[1:]
     middle = theta_star + direction * 0.5 * (a + b)
     counts = jnp.searchsorted(u_sorted, middle, side="right")
@@ -186,7 +196,9 @@ def build_clock(orbit: Orbit, u_sorted, target_sums, theta_star, direction, end_
 
     (head_span, head_c), (tail_span, tail_c) = jax.lax.map(short, jnp.arange(num_pieces), batch_size=_BATCH)
     long_span, long_c = jax.vmap(lambda i: _panels(orbit, clock, i, _HEAD_PANELS, 16, train_weights))(long)
-    tailed_span, tailed_c = jax.vmap(lambda i: _panels(orbit, clock, i, _TAIL_PANELS, 16, train_weights))(tailed)
+    tailed_span, tailed_c = jax.vmap(lambda i: _panels(orbit, clock, i, _TAIL_PANELS, 16, train_weights))(
+        tailed
+    )
     head_span = head_span.at[long].set(long_span)
     tail_span = tail_span.at[tailed].set(tailed_span)
     spans = refs * jnp.where(asymptote, 0.0, limits) + head_span + tail_span

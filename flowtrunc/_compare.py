@@ -203,7 +203,9 @@ def compare_seed(seed, config: CompareConfig, user_data: Dataset | None = None):
     # flow crosses by t1 (interpolated between saves), against the flow's exact time
     flow_cross = flow.crossing_times
     in_window = flow_cross <= times[-1]
-    direction = jnp.where(jnp.max(flow.thresholds[-1], axis=0) >= jnp.max(flow.thresholds[0], axis=0), 1.0, -1.0)
+    direction = jnp.where(
+        jnp.max(flow.thresholds[-1], axis=0) >= jnp.max(flow.thresholds[0], axis=0), 1.0, -1.0
+    )
     seen = jax.vmap(  # over coordinates, then points
         lambda star, levels, sign: jax.vmap(lambda level: _first_crossing(times, star, level, sign))(levels),
         in_axes=(1, 1, 0),

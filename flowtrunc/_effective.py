@@ -77,9 +77,13 @@ def start_state(stats: CoordinateStats, theta: Float[Array, "depth width"]) -> S
     theta_star = jnp.max(theta, axis=0)
     direction, _ = jax.vmap(direction_at, in_axes=(1, 1, 0))(stats.u_sorted, stats.target_sums, theta_star)
     side_count = jnp.where(
-        direction < 0, count_below(stats, theta_star, side="left"), count_below(stats, theta_star, side="right")
+        direction < 0,
+        count_below(stats, theta_star, side="left"),
+        count_below(stats, theta_star, side="right"),
     )
-    return StartState(side_count, start_layer(theta, direction), direction, truncated_target_sum(stats, side_count))
+    return StartState(
+        side_count, start_layer(theta, direction), direction, truncated_target_sum(stats, side_count)
+    )
 
 
 def gamma_column(theta, scales, active, train_weights: bool):

@@ -62,9 +62,7 @@ def end_state(
     collapses) from the clock. No integration in time, so it is cheap enough for 10^5
     seeds under `vmap`. Same rules and arguments as `solve_effective(method="orbit")`.
     """
-    stats, theta, scales, _, _, _, _ = _prepare(
-        net, data, jnp.zeros(1), None, None, None, "end_state"
-    )
+    stats, theta, scales, _, _, _, _ = _prepare(net, data, jnp.zeros(1), None, None, None, "end_state")
     settings = solver_settings(theta.dtype, solver, rtol, atol, max_steps, "orbit")
     return _end_state(stats, theta, scales, data.labels, data.num_classes, bool(train_weights), *settings)
 
@@ -73,7 +71,9 @@ def end_state(
 def _end_state(stats, theta, scales, labels, num_classes, train_weights, solver, rtol, atol, max_steps):
     tools = orbit_tools(theta.dtype, rtol, atol, solver)
     ts = jnp.full(1, jnp.inf, theta.dtype)
-    flows = flow_coordinates(stats, theta, scales, ts, train_weights=train_weights, tools=tools, max_steps=max_steps)
+    flows = flow_coordinates(
+        stats, theta, scales, ts, train_weights=train_weights, tools=tools, max_steps=max_steps
+    )
     crossing = unsort(stats, flows.crossing_times)
     u = jnp.take_along_axis(stats.u_sorted, jnp.argsort(stats.order, axis=0), axis=0)
     at_start = u <= jnp.max(theta, axis=0)[None]
@@ -82,7 +82,9 @@ def _end_state(stats, theta, scales, labels, num_classes, train_weights, solver,
     truncated_from = jnp.where(at_start & ~crosses, 0.0, jnp.where(~at_start & crosses, crossing, jnp.inf))
     per_point = jnp.max(truncated_from, axis=1)
     collapse_time = jax.ops.segment_max(per_point, labels, num_segments=num_classes)
-    start_all = jax.ops.segment_min(jnp.all(at_start, axis=1).astype(jnp.int32), labels, num_segments=num_classes)
+    start_all = jax.ops.segment_min(
+        jnp.all(at_start, axis=1).astype(jnp.int32), labels, num_segments=num_classes
+    )
     return EndState(
         theta_star=flows.end_level,
         kind=flows.end_kind,

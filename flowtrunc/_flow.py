@@ -16,7 +16,7 @@ from ._events import Discrete, first_event_distance
 from ._input_space import thresholds
 from ._network import AdaptedReLUNet
 from ._orbit_solve import event_list, flow_coordinates, orbit_tools, result_code, unsort
-from ._solve import EffectiveSolution, derived_outputs, solve_segments
+from ._solve import EffectiveSolution, solution, solve_segments
 from ._statistics import coordinate_stats, cost_gradient
 from ._validate import check_positive_int, float_array, is_concrete
 
@@ -129,7 +129,9 @@ def solve_effective(
     )
     solver, rtol, atol, max_steps = solver_settings(theta.dtype, solver, rtol, atol, max_steps, method)
     if method == "orbit":
-        return _solve_orbit(stats, theta, scales, ts, bool(train_weights), solver, rtol, atol, max_steps, max_events)
+        return _solve_orbit(
+            stats, theta, scales, ts, bool(train_weights), solver, rtol, atol, max_steps, max_events
+        )
     return _solve_diffrax(
         stats,
         theta,
@@ -169,31 +171,26 @@ def solver_settings(dtype, solver, rtol, atol, max_steps, method):
 @eqx.filter_jit
 def _solve_orbit(stats, theta, scales, ts, train_weights, solver, rtol, atol, max_steps, max_events):
     tools = orbit_tools(theta.dtype, rtol, atol, solver)
-    flows = flow_coordinates(stats, theta, scales, ts, train_weights=train_weights, tools=tools, max_steps=max_steps)
+    flows = flow_coordinates(
+        stats, theta, scales, ts, train_weights=train_weights, tools=tools, max_steps=max_steps
+    )
     result = result_code(flows, theta, scales)
     failed = result != 0
     blank = lambda a: jnp.where(failed, jnp.nan, a)  # noqa: E731
     out_theta = blank(jnp.moveaxis(flows.thresholds, 0, -1))  # (T, L, M)
     out_scales = blank(jnp.moveaxis(flows.scales, 0, -1))
-    cost, counts, active = derived_outputs(stats, out_theta)
-    times, coords, kinds, points, layers, num_events = event_list(stats, flows, max_events)
-    return EffectiveSolution(
-        ts=ts,
-        thresholds=out_theta,
-        scales=out_scales,
-        cost=cost,
-        n_truncated=counts,
-        active_layer=active,
-        event_times=times,
-        event_coords=coords,
-        event_kinds=kinds,
-        event_points=points,
-        event_layers=layers,
-        num_events=num_events,
-        crossing_times=unsort(stats, flows.crossing_times),
-        num_segments=(jnp.sum(jnp.isfinite(flows.switch_times)) + theta.shape[1]).astype(jnp.int32),
-        num_steps=jnp.sum(flows.num_steps).astype(jnp.int32),
-        result=result,
+    *events, num_events = event_list(stats, flows, max_events)
+    return solution(
+        stats,
+        ts,
+        out_theta,
+        out_scales,
+        tuple(events),
+        num_events,
+        unsort(stats, flows.crossing_times),
+        jnp.sum(jnp.isfinite(flows.switch_times)) + theta.shape[1],
+        jnp.sum(flows.num_steps),
+        result,
     )
 
 

@@ -77,7 +77,9 @@ class Orbit(eqx.Module):
         return self.segment_layers[index]
 
 
-def solve_orbit(theta, scales, direction, length, *, train_weights, solver, controller, root_finder, max_steps):
+def solve_orbit(
+    theta, scales, direction, length, *, train_weights, solver, controller, root_finder, max_steps
+):
     """Integrates one coordinate's orbit from s = 0 to `length`, segment by segment."""
     depth = theta.shape[0]
     dtype = theta.dtype

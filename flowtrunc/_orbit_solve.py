@@ -45,7 +45,9 @@ def orbit_tools(dtype, rtol, atol, solver):
     )
 
 
-def coordinate_flow(u_sorted, target_sums, theta, scales, ts, *, train_weights, tools, max_steps) -> CoordinateFlow:
+def coordinate_flow(
+    u_sorted, target_sums, theta, scales, ts, *, train_weights, tools, max_steps
+) -> CoordinateFlow:
     theta_star = jnp.max(theta)
     end = coordinate_end(u_sorted, target_sums, theta_star)
     direction = end.direction.astype(theta.dtype)
@@ -54,7 +56,9 @@ def coordinate_flow(u_sorted, target_sums, theta, scales, ts, *, train_weights, 
         theta, scales, end.direction, length, train_weights=train_weights, max_steps=max_steps, **tools
     )
     switches = orbit.segment_starts[1:]
-    clock = build_clock(orbit, u_sorted, target_sums, theta_star, direction, end.level, end.kind, switches, train_weights)
+    clock = build_clock(
+        orbit, u_sorted, target_sums, theta_star, direction, end.level, end.kind, switches, train_weights
+    )
     s_out = jax.vmap(lambda t: path_at(clock, t))(ts)
 
     def state(s):
@@ -72,7 +76,9 @@ def coordinate_flow(u_sorted, target_sums, theta, scales, ts, *, train_weights, 
     falling = (end.direction < 0) & (level >= 0) & (level < final)
     at_level = jax.vmap(lambda s: time_at(clock, s))(jnp.clip(level, 0.0, length))
     crossing = jnp.where(rising | falling, at_level, jnp.inf)
-    switch_times = jnp.where(jnp.isfinite(switches), jax.vmap(lambda s: time_at(clock, s))(jnp.minimum(switches, length)), jnp.inf)
+    switch_times = jnp.where(
+        jnp.isfinite(switches), jax.vmap(lambda s: time_at(clock, s))(jnp.minimum(switches, length)), jnp.inf
+    )
     end_time = jnp.where(end.kind == KINK, clock.times[-1], jnp.where(end.direction == 0, 0.0, jnp.inf))
     end_thresholds, end_scales = state(length)
     return CoordinateFlow(
@@ -97,7 +103,9 @@ def flow_coordinates(stats, theta, scales, ts, *, train_weights, tools, max_step
     """`coordinate_flow` for every coordinate (vmapped; the coordinate axis comes last)."""
     sums = stats.target_sums
     flows = jax.vmap(
-        lambda u, v, th, sc: coordinate_flow(u, v, th, sc, ts, train_weights=train_weights, tools=tools, max_steps=max_steps),
+        lambda u, v, th, sc: coordinate_flow(
+            u, v, th, sc, ts, train_weights=train_weights, tools=tools, max_steps=max_steps
+        ),
         in_axes=(1, 1, 1, 1),
     )(stats.u_sorted, sums, theta, scales)
     return flows
@@ -117,8 +125,18 @@ def event_list(stats, flows: CoordinateFlow, max_events: int):
     coords = jnp.arange(width, dtype=jnp.int32)[:, None]
     cross_kind = jnp.where(flows.direction[:, None] > 0, TRUNCATION, RELEASE)
     parts = [
-        (flows.crossing_times, jnp.broadcast_to(cross_kind, (width, num)), stats.order.T, flows.crossing_layers),
-        (flows.switch_times, jnp.full((width, depth_minus_one), LAYER_SWITCH), jnp.full((width, depth_minus_one), -1), flows.switch_layers),
+        (
+            flows.crossing_times,
+            jnp.broadcast_to(cross_kind, (width, num)),
+            stats.order.T,
+            flows.crossing_layers,
+        ),
+        (
+            flows.switch_times,
+            jnp.full((width, depth_minus_one), LAYER_SWITCH),
+            jnp.full((width, depth_minus_one), -1),
+            flows.switch_layers,
+        ),
         (
             jnp.where(flows.end_kind == KINK, flows.end_time, jnp.inf)[:, None],
             jnp.full((width, 1), KINK_EVENT),
@@ -152,6 +170,6 @@ def event_list(stats, flows: CoordinateFlow, max_events: int):
 def result_code(flows: CoordinateFlow, theta, scales):
     finite = jnp.all(jnp.isfinite(theta)) & jnp.all(jnp.isfinite(scales))
     ok = jnp.all(flows.ok)
-    return jnp.where(~finite, RESULTS.nonfinite_state, jnp.where(ok, RESULTS.successful, RESULTS.solver_failed)).astype(
-        jnp.int32
-    )
+    return jnp.where(
+        ~finite, RESULTS.nonfinite_state, jnp.where(ok, RESULTS.successful, RESULTS.solver_failed)
+    ).astype(jnp.int32)

@@ -26,6 +26,12 @@ def _chunk_path(out_dir: str, index: int) -> str:
 
 def prepare_directory(out_dir: str, config: CompareConfig, resume: bool) -> None:
     """Checks that `out_dir` may receive this run; nothing is overwritten."""
+    if not isinstance(out_dir, (str, os.PathLike)) or not str(out_dir).strip():
+        raise ValueError(
+            f"--out {out_dir!r} is empty (an unset shell variable?); give the path of a new or "
+            "empty directory, e.g. --out runs/first (nothing was written)."
+        )
+    out_dir = os.path.abspath(out_dir)
     config_path = os.path.join(out_dir, CONFIG)
     exists = os.path.isdir(out_dir) and bool(os.listdir(out_dir))
     if os.path.exists(out_dir) and not os.path.isdir(out_dir):

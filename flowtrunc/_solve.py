@@ -173,13 +173,17 @@ def crossings_from_events(stats, times, coords, kinds, points):
     return out.at[rows, jnp.clip(coords, 0)].set(times, mode="drop")
 
 
-def assemble(final: _Carry, stats, ts) -> EffectiveSolution:
-    cost, counts, active = derived_outputs(stats, final.out_theta)
-    times, coords, kinds, points, layers = final.events
+def solution(
+    stats, ts, thresholds, scales, events, num_events, crossing_times, num_segments, num_steps, result
+):
+    """The `EffectiveSolution` from sampled thresholds and scales `(T, L, M)` and the padded
+    event list `events = (times, coords, kinds, points, layers)`."""
+    cost, counts, active = derived_outputs(stats, thresholds)
+    times, coords, kinds, points, layers = events
     return EffectiveSolution(
         ts=ts,
-        thresholds=final.out_theta,
-        scales=final.out_scales,
+        thresholds=thresholds,
+        scales=scales,
         cost=cost,
         n_truncated=counts,
         active_layer=active,
@@ -188,9 +192,26 @@ def assemble(final: _Carry, stats, ts) -> EffectiveSolution:
         event_kinds=kinds,
         event_points=points,
         event_layers=layers,
-        num_events=final.num_events,
-        crossing_times=crossings_from_events(stats, times, coords, kinds, points),
-        num_segments=final.num_segments,
-        num_steps=final.num_steps,
-        result=final.result,
+        num_events=num_events,
+        crossing_times=crossing_times,
+        num_segments=jnp.asarray(num_segments, jnp.int32),
+        num_steps=jnp.asarray(num_steps, jnp.int32),
+        result=result,
+    )
+
+
+def assemble(final: _Carry, stats, ts) -> EffectiveSolution:
+    times, coords, kinds, points, _ = final.events
+    crossing = crossings_from_events(stats, times, coords, kinds, points)
+    return solution(
+        stats,
+        ts,
+        final.out_theta,
+        final.out_scales,
+        final.events,
+        final.num_events,
+        crossing,
+        final.num_segments,
+        final.num_steps,
+        final.result,
     )

@@ -216,6 +216,21 @@ def test_directories_are_never_overwritten(tmp_path, capsys):
     assert "holds no finished run" in capsys.readouterr().err
 
 
+def test_empty_out_is_refused_and_nothing_is_written(tmp_path, capsys, monkeypatch):
+    """`--out ""` (an unset shell variable) once wrote into the working directory."""
+    config = tmp_path / "c.json"
+    config.write_text(json.dumps(TINY))
+    work = tmp_path / "work"
+    work.mkdir()
+    (work / "summary.json").write_text("a user's file")
+    monkeypatch.chdir(work)
+    for out in ("", "   "):
+        assert main(["compare", "--out", out, "--config", str(config)]) == 2
+        assert "is empty (an unset shell variable?)" in capsys.readouterr().err
+    assert sorted(os.listdir(work)) == ["summary.json"]
+    assert (work / "summary.json").read_text() == "a user's file"
+
+
 def test_precision_32_is_refused_in_an_x64_process():
     with pytest.raises(ValueError, match="`precision=32` was asked for but JAX runs with x64"):
         compare(CompareConfig(**{**TINY, "precision": 32}))

@@ -28,10 +28,12 @@ def batch(request):
     keys = jax.random.split(jax.random.key(7), 50)
     nets, datas = eqx.filter_vmap(problem)(keys)
     train_weights = request.param
-    orbit = eqx.filter_vmap(lambda n, d: ft.solve_effective(n, d, ts=TS, train_weights=train_weights))(nets, datas)
-    events = eqx.filter_vmap(lambda n, d: ft.solve_effective(n, d, ts=TS, train_weights=train_weights, **EVENTS))(
+    orbit = eqx.filter_vmap(lambda n, d: ft.solve_effective(n, d, ts=TS, train_weights=train_weights))(
         nets, datas
     )
+    events = eqx.filter_vmap(
+        lambda n, d: ft.solve_effective(n, d, ts=TS, train_weights=train_weights, **EVENTS)
+    )(nets, datas)
     return train_weights, nets, datas, orbit, events
 
 
@@ -78,7 +80,9 @@ def _asymptotic_rates(ends, datas):
         th = np.concatenate([[0.0], theta[i, :, k]])
         cum = np.concatenate([[1.0], scales[i, :, k]])
         top = int(np.argmax(theta[i, :, k])) + 1
-        gamma = sum(cum[m] ** -2 + (th[m - 1] - th[top]) ** 2 * (cum[m - 1] / cum[m]) ** 2 for m in range(1, top + 1))
+        gamma = sum(
+            cum[m] ** -2 + (th[m - 1] - th[top]) ** 2 * (cum[m - 1] / cum[m]) ** 2 for m in range(1, top + 1)
+        )
         rates[i, k] = gamma * counts[i, k] / datas.x.shape[1]
     return rates
 
@@ -93,7 +97,9 @@ def test_end_state_equals_event_loop_at_long_horizon(batch):
     asymptotic = kinds == ft.END_KINDS.index("asymptote")
     horizon = 40.0 / np.min(_asymptotic_rates(ends, datas)[asymptotic])
     late = eqx.filter_vmap(
-        lambda n, d: ft.solve_effective(n, d, ts=jnp.array([0.0, horizon]), train_weights=train_weights, **EVENTS)
+        lambda n, d: ft.solve_effective(
+            n, d, ts=jnp.array([0.0, horizon]), train_weights=train_weights, **EVENTS
+        )
     )(nets, datas)
     assert np.all(np.asarray(late.result) == 0)
     assert np.max(np.abs(np.asarray(ends.thresholds) - np.asarray(late.thresholds)[:, -1])) < AGREE
@@ -109,9 +115,13 @@ def test_collapse_and_crossings_in_the_end_state():
     target 10, θ* = 0.5. θ* rises, truncates u = 1; the mean target is then 5 < 10, so
     θ* tends to 5: class 0 collapses when u = 1 is truncated, class 1 never does."""
     net = ft.AdaptedReLUNet(frame=np.eye(1), scales=np.ones((1, 1)), biases=np.array([[-0.5]]))
-    data = ft.Dataset(x=np.array([[0.0], [1.0], [10.0]]), labels=np.array([0, 0, 1]), targets=np.array([[5.0], [10.0]]))
+    data = ft.Dataset(
+        x=np.array([[0.0], [1.0], [10.0]]), labels=np.array([0, 0, 1]), targets=np.array([[5.0], [10.0]])
+    )
     end = ft.end_state(net, data, train_weights=False)
-    assert int(end.kind[0]) == ft.END_KINDS.index("asymptote") and float(end.theta_star[0]) == pytest.approx(5.0)
+    assert int(end.kind[0]) == ft.END_KINDS.index("asymptote") and float(end.theta_star[0]) == pytest.approx(
+        5.0
+    )
     # closed form: n = 1, v̄ = 5, θ* = 5 - 4.5 e^{-t/3}; reaches 1 at t = 3 log(4.5/4)
     expected = 3 * np.log(4.5 / 4.0)
     assert float(end.crossing_times[1, 0]) == pytest.approx(expected, rel=1e-13)
@@ -151,7 +161,9 @@ def test_orbit_does_not_depend_on_the_data():
 
 def _one_class(x, target, scales, biases):
     x = np.asarray(x, float).reshape(-1, 1)
-    net = ft.AdaptedReLUNet(frame=np.eye(1), scales=np.asarray(scales, float), biases=np.asarray(biases, float))
+    net = ft.AdaptedReLUNet(
+        frame=np.eye(1), scales=np.asarray(scales, float), biases=np.asarray(biases, float)
+    )
     return net, ft.Dataset(x=x, labels=np.zeros(len(x), int), targets=np.array([[target]]))
 
 
@@ -167,14 +179,18 @@ DEGENERATE = {
     # layer 2 above layer 1, θ* falls and layer 1 meets it during the flow
     "tie_formed_falling": _one_class(_standard_normal(), -2.0, [[1.0], [1.3]], [[0.2], [-0.1]]),
     # three layers, all hidden biases zero: a triple tie at t = 0, rising
-    "zero_biases_three_layers": _one_class(_standard_normal(), 1.5, [[0.9], [1.2], [1.1]], [[0.0], [0.0], [0.0]]),
+    "zero_biases_three_layers": _one_class(
+        _standard_normal(), 1.5, [[0.9], [1.2], [1.1]], [[0.0], [0.0], [0.0]]
+    ),
 }
 
 
 def _point_on_threshold():
     """x = (-1, 0, 1), targets (-0.5, 2): the point at 0 sits exactly on θ* = 0."""
     net = ft.AdaptedReLUNet(frame=np.eye(1), scales=np.ones((1, 1)), biases=np.zeros((1, 1)))
-    data = ft.Dataset(x=np.array([[-1.0], [0.0], [1.0]]), labels=np.array([0, 1, 1]), targets=np.array([[-0.5], [2.0]]))
+    data = ft.Dataset(
+        x=np.array([[-1.0], [0.0], [1.0]]), labels=np.array([0, 1, 1]), targets=np.array([[-0.5], [2.0]])
+    )
     return net, data
 
 
@@ -184,7 +200,9 @@ def _integer_pixels():
     rng = np.random.default_rng(5)
     x = rng.integers(0, 5, size=(120, 2)).astype(float)
     labels = (x.sum(axis=1) > 4).astype(int)
-    net = ft.AdaptedReLUNet(frame=np.eye(2), scales=np.array([[1.0, 0.9], [1.1, 1.0]]), biases=np.zeros((2, 2)))
+    net = ft.AdaptedReLUNet(
+        frame=np.eye(2), scales=np.array([[1.0, 0.9], [1.1, 1.0]]), biases=np.zeros((2, 2))
+    )
     return net, ft.Dataset(x=x, labels=labels, targets=np.array([[1.5, 1.0], [3.5, 3.0]]))
 
 

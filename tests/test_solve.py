@@ -125,7 +125,9 @@ def test_trained_event_free_stretch_matches_scipy(batch, method):
         probe = ft.solve_effective(net, data, ts=jnp.array([0.0, 2.0]), **EVENTS)
         t_end = 0.9 * float(probe.event_times[0])  # stop before the first event
         ts = jnp.linspace(0.0, t_end, 6)
-        sol = ft.solve_effective(net, data, ts=ts, method=method, solver=diffrax.Dopri8(), rtol=1e-12, atol=1e-12)
+        sol = ft.solve_effective(
+            net, data, ts=ts, method=method, solver=diffrax.Dopri8(), rtol=1e-12, atol=1e-12
+        )
         theta0, scales0 = (np.asarray(a) for a in ft.thresholds(net))
         frame = np.asarray(net.frame)
         u, v = np.asarray(data.x) @ frame.T, np.asarray(data.point_targets()) @ frame.T
