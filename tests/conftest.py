@@ -14,3 +14,11 @@ def seed(request):
 @pytest.fixture
 def key(seed):
     return jax.random.key(seed)
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _release_compiled_programs():
+    """Each module compiles its own programs; dropping them afterwards keeps one long
+    pytest process (CI runs the whole suite in one) from accumulating them."""
+    yield
+    jax.clear_caches()
