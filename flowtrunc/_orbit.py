@@ -70,10 +70,9 @@ class Orbit(eqx.Module):
         has_steps = jnp.isfinite(self.starts[0])
         return jax.tree.map(lambda a, b: jnp.where(has_steps, a, b), out, self.y0)
 
-    def layer(self, s, left: bool = False):
-        """Active layer at `s` (`left`: the one in force just before `s`)."""
-        side = "left" if left else "right"
-        index = jnp.clip(jnp.searchsorted(self.segment_starts, s, side=side) - 1, 0)
+    def layer(self, s):
+        """Active layer at `s` (at a switch: the new one)."""
+        index = jnp.clip(jnp.searchsorted(self.segment_starts, s, side="right") - 1, 0)
         return self.segment_layers[index]
 
 

@@ -100,15 +100,13 @@ def coordinate_flow(
 
 
 def flow_coordinates(stats, theta, scales, ts, *, train_weights, tools, max_steps) -> CoordinateFlow:
-    """`coordinate_flow` for every coordinate (vmapped; the coordinate axis comes last)."""
-    sums = stats.target_sums
-    flows = jax.vmap(
+    """`coordinate_flow` for every coordinate (vmapped; the coordinate axis comes first)."""
+    return jax.vmap(
         lambda u, v, th, sc: coordinate_flow(
             u, v, th, sc, ts, train_weights=train_weights, tools=tools, max_steps=max_steps
         ),
         in_axes=(1, 1, 1, 1),
-    )(stats.u_sorted, sums, theta, scales)
-    return flows
+    )(stats.u_sorted, stats.target_sums, theta, scales)
 
 
 def unsort(stats, sorted_values):
