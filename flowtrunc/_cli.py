@@ -1,49 +1,53 @@
-"""The `flowtrunc` command line: `compare` (the main job), `report`, `demo`."""
+"""The `flowtrunc` command line: `compare` (the main job), `report`, `demo`.
+
+Exit codes: 0 done; 2 bad input or files (nothing lost; the message says what to fix);
+3 the run finished but no seed succeeded (its results are meaningless); 130 interrupted.
+"""
 
 import argparse
+import dataclasses
 import json
+import math
 import os
 import sys
 
-import numpy as np
+from ._config import CompareConfig, describe_setting, setting_kind
 
-# flag name -> CompareConfig field
-_OPTIONS = {
-    "seeds": int,
-    "depth": int,
-    "dim": int,
-    "points": int,
-    "clusters": int,
-    "lr": float,
-    "t1": float,
-    "saves": int,
-    "chunk_size": int,
-}
+NO_SEED_OK = 3
+# settings the command line takes from other flags (or that the CLI fixes itself)
+_SPECIAL = ("data",)
 
 
-def _resolve_config(args):
-    from ._compare import CompareConfig
+def _flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
 
-    values = {}
+
+def _read_config_file(path: str) -> dict:
+    if not os.path.isfile(path):
+        raise ValueError(f"--config {path!r} does not exist.")
+    try:
+        with open(path) as f:
+            values = json.load(f)
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise ValueError(f"--config {path!r} is not valid JSON ({error}).") from error
+    if not isinstance(values, dict):
+        raise ValueError(f'--config {path!r} must hold a JSON object of settings, e.g. {{"lr": 0.01}}.')
+    values.pop("provenance", None)  # a run's config.json may be reused as --config
+    return values
+
+
+def resolve_config(args) -> CompareConfig:
+    """Built-in defaults, then `--config` (relative paths from its folder), then flags."""
+    values, base_dir = {}, None
     if args.config is not None:
-        if not os.path.isfile(args.config):
-            raise ValueError(f"--config {args.config!r} does not exist.")
-        try:
-            with open(args.config) as f:
-                values = json.load(f)
-        except json.JSONDecodeError as error:
-            raise ValueError(f"--config {args.config!r} is not valid JSON ({error}).") from error
-        if not isinstance(values, dict):
-            raise ValueError(f"--config {args.config!r} must hold a JSON object of settings.")
-    for name in _OPTIONS:
-        if getattr(args, name) is not None:
-            values[name] = getattr(args, name)
-    if args.mode is not None:
-        values["mode"] = args.mode
-    if args.freeze_weights:
-        values["freeze_weights"] = True
-    if args.precision is not None:
-        values["precision"] = args.precision
+        values = _read_config_file(args.config)
+        base_dir = os.path.dirname(os.path.abspath(args.config))
+        config = CompareConfig.from_dict(values, base_dir=base_dir)  # errors name the file's keys
+        values = {k: v for k, v in config.to_dict().items() if k in values}
+    for field in dataclasses.fields(CompareConfig):
+        given = getattr(args, field.name, None)
+        if given is not None and field.name not in _SPECIAL:
+            values[field.name] = given
     if args.data is not None:
         fixed = [name for name in ("dim", "points", "clusters") if getattr(args, name) is not None]
         if fixed:
@@ -51,12 +55,11 @@ def _resolve_config(args):
                 f"--data fixes the dimension, point count and classes; drop --{', --'.join(fixed)}."
             )
         values["data"] = os.path.abspath(args.data)
-    config = CompareConfig.from_dict(values)
-    return config
+    return CompareConfig.from_dict(values)
 
 
 def _compare(args) -> int:
-    config = _resolve_config(args)
+    config = resolve_config(args)
     # precision must be set before JAX computes anything
     import jax
 
@@ -75,49 +78,84 @@ def _compare(args) -> int:
     try:
         run_compare(resolved, args.out, resume=args.resume)
     except KeyboardInterrupt:
+        saved = os.path.isfile(os.path.join(args.out, "config.json"))
         print(
             f"\ninterrupted; finished chunks are saved in {args.out}. Continue with the same "
-            "command plus --resume.",
+            "command plus --resume."
+            if saved
+            else "\ninterrupted before the first chunk; nothing was kept.",
             file=sys.stderr,
         )
         return 130
-    _print_summary(args.out)
-    return 0
+    return _print_summary(args.out)
 
 
-def _print_summary(out_dir) -> None:
+def _print_summary(out_dir) -> int:
     with open(os.path.join(out_dir, "summary.json")) as f:
         summary = json.load(f)
+    seeds, ok = summary["seeds"], summary["ok_seeds"]
     print(
-        f"{summary['ok_seeds']}/{summary['seeds']} seeds ok "
-        f"({summary['flow_failures']} flow failures, {summary['training_divergences']} diverged)"
+        f"{ok} of {seeds} seeds ok ({summary['flow_failures']} flow failures, "
+        f"{summary['training_divergences']} training failures)"
     )
-    for name in ("threshold_error", "cost_error", "crossing_time_error", "truncation_agreement"):
-        q = summary.get(name)
-        if q:
-            print(f"  {name:22s} median {q['q50']:.3g}   90% {q['q90']:.3g}   max {q['q100']:.3g}")
-    print(
-        f"  seeds with a collapsed class: flow {summary['seeds_with_collapse_flow']}, "
-        f"training {summary['seeds_with_collapse_train']}"
-    )
+    if ok:
+        print(f"  {'metric':22s} {'median':>10s} {'90%':>10s}   worst (seed)")
+        for name in ("threshold_error", "cost_error", "crossing_time_error", "truncation_agreement"):
+            q, worst = summary.get(name), summary["worst"].get(name)
+            if q and worst:
+                print(
+                    f"  {name:22s} {q['q50']:10.3g} {q['q90']:10.3g}   {worst['value']:.3g} ({worst['seed']})"
+                )
+        print(
+            f"  a class collapses by t1 in {summary['seeds_with_collapse_flow']} of {ok} ok seeds (flow), "
+            f"{summary['seeds_with_collapse_train']} (training); "
+            f"{summary['seeds_collapsed_at_start']} had a class collapsed already at t = 0 (counted apart)"
+        )
+    for failure in summary["failures"]:
+        print(
+            f"  {failure['seeds']} of {seeds} seeds: {failure['part']} {failure['what']};"
+            f" fix: {failure['fix']}"
+        )
     print(f"results: {out_dir}/summary.json, seeds.npz, figures/")
+    if not ok:
+        print(
+            "flowtrunc: error: no seed succeeded, so these results are meaningless; apply the "
+            "fix above and run again in a new --out directory.",
+            file=sys.stderr,
+        )
+        return NO_SEED_OK
+    return 0
 
 
 def _report(args) -> int:
     from ._report import write_report
 
     write_report(args.dir)
-    _print_summary(args.dir)
-    return 0
+    return _print_summary(args.dir)
+
+
+def _check_demo(args) -> None:
+    for name in ("depth", "dim", "points", "clusters"):
+        if getattr(args, name) < 1:
+            raise ValueError(f"--{name} must be a positive integer, got {getattr(args, name)}.")
+    if args.points < args.clusters:
+        raise ValueError(f"--points ({args.points}) must be >= --clusters ({args.clusters}).")
+    if not (math.isfinite(args.t1) and args.t1 > 0):
+        raise ValueError(f"--t1 must be a finite positive time, got {args.t1}.")
+    if args.seed < 0:
+        raise ValueError(f"--seed must be >= 0, got {args.seed}.")
 
 
 def _demo(args) -> int:
+    _check_demo(args)
     import jax
+    import numpy as np
 
     jax.config.update("jax_enable_x64", args.precision == 64)
     import jax.numpy as jnp
 
     from ._data import make_clusters
+    from ._end_state import END_KINDS, end_state
     from ._events import EVENT_KINDS
     from ._flow import solve_effective
     from ._network import AdaptedReLUNet
@@ -148,8 +186,6 @@ def _demo(args) -> int:
             f"  t={float(sol.event_times[i]):.5f} coordinate {int(sol.event_coords[i])} "
             f"{EVENT_KINDS[int(sol.event_kinds[i])]} {what}"
         )
-    from ._end_state import END_KINDS, end_state
-
     end = end_state(net, data, train_weights=not args.freeze_weights)
     for k in range(args.dim):
         when = float(end.end_time[k])
@@ -162,10 +198,19 @@ def _demo(args) -> int:
     return 0 if not message else 1
 
 
+def _version() -> str:
+    from . import __version__
+
+    return f"flowtrunc {__version__}"
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="flowtrunc", description="Effective gradient flow of deep ReLU networks."
+        prog="flowtrunc",
+        description="Effective gradient flow of deep ReLU networks. Exit codes: 0 done, 2 bad input "
+        "(nothing written or lost), 3 no seed succeeded, 130 interrupted.",
     )
+    parser.add_argument("--version", action="version", version=_version())
     commands = parser.add_subparsers(dest="command", required=True)
 
     compare = commands.add_parser(
@@ -173,34 +218,44 @@ def build_parser() -> argparse.ArgumentParser:
         help="effective flow against real training over many seeds (the main job)",
         description="Runs the effective flow and gradient-descent training side by side over "
         "many seeds and writes config.json, summary.json, seeds.npz and figures/ to --out. "
-        "Settings: built-in defaults, then --config, then the flags given.",
+        "Settings: built-in defaults, then --config, then the flags given. Every flag below is "
+        "also a key of --config (and of config.json), with '-' written '_'.",
     )
-    compare.add_argument("--out", required=True, help="output directory (new or empty, or with --resume)")
-    compare.add_argument("--config", help="JSON file of settings (keys as in config.json)")
-    compare.add_argument("--data", help=".npz with x (N, M), labels (N,), optional targets (Q, M)")
-    for name, kind in _OPTIONS.items():
-        compare.add_argument(f"--{name.replace('_', '-')}", dest=name, type=kind, default=None)
-    compare.add_argument("--mode", choices=("adapted", "unconstrained"), default=None)
+    compare.add_argument("--out", required=True, help="output directory: new or empty (or a run to --resume)")
     compare.add_argument(
-        "--freeze-weights", action="store_true", help="train biases only (flow and training)"
+        "--config", help="JSON file of settings, keys as the flags below; relative paths from its folder"
     )
-    compare.add_argument("--precision", type=int, choices=(32, 64), default=None)
     compare.add_argument("--resume", action="store_true", help="continue an interrupted run in --out")
+    for field in dataclasses.fields(CompareConfig):
+        kind = setting_kind(field)
+        options = dict(dest=field.name, default=None, help=describe_setting(field.name))
+        if kind is bool:
+            options["action"] = argparse.BooleanOptionalAction
+        else:
+            options["type"] = kind
+            options["metavar"] = field.name.upper() if field.name != "data" else "FILE.npz"
+        if field.metadata["choices"] is not None:
+            options["choices"] = field.metadata["choices"]
+            options.pop("metavar", None)
+        compare.add_argument(_flag(field.name), **options)
     compare.set_defaults(run=_compare)
 
     report = commands.add_parser("report", help="redraw figures and summary from a finished run")
-    report.add_argument("dir")
+    report.add_argument("dir", help="a finished run's --out directory")
     report.set_defaults(run=_report)
 
     demo = commands.add_parser("demo", help="integrate the effective flow once and print its events")
-    demo.add_argument("--seed", type=int, default=0)
-    demo.add_argument("--depth", type=int, default=3)
-    demo.add_argument("--dim", type=int, default=2)
-    demo.add_argument("--points", type=int, default=30)
-    demo.add_argument("--clusters", type=int, default=3)
-    demo.add_argument("--t1", type=float, default=4.0)
-    demo.add_argument("--freeze-weights", action="store_true")
-    demo.add_argument("--precision", type=int, choices=(32, 64), default=64)
+    for name, default, text in (
+        ("seed", 0, "random seed of the net and data"),
+        ("depth", 3, "hidden layers L"),
+        ("dim", 2, "input width M"),
+        ("points", 30, "data points N"),
+        ("clusters", 3, "classes Q"),
+    ):
+        demo.add_argument(_flag(name), type=int, default=default, help=f"{text} (default: {default})")
+    demo.add_argument("--t1", type=float, default=4.0, help="final time [flow time] (default: 4.0)")
+    demo.add_argument("--freeze-weights", action="store_true", help="train biases only (default: off)")
+    demo.add_argument("--precision", type=int, choices=(32, 64), default=64, help="float bits (default: 64)")
     demo.set_defaults(run=_demo)
     return parser
 
@@ -211,6 +266,9 @@ def main(argv=None) -> int:
         return args.run(args)
     except ValueError as error:
         print(f"flowtrunc: error: {error}", file=sys.stderr)
+        return 2
+    except OSError as error:
+        print(f"flowtrunc: error: {error.strerror or error}: {error.filename or ''}", file=sys.stderr)
         return 2
 
 

@@ -6,9 +6,7 @@ shared time grid `t_i = i · save_every · lr`, and scalar metrics comparing the
 """
 
 import dataclasses
-import json
 import math
-import os
 
 import equinox as eqx
 import jax
@@ -16,94 +14,13 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
+from ._config import CompareConfig
 from ._data import Dataset, load_npz, make_staircase
 from ._effective import at_active, gamma_column
 from ._flow import solve_effective
 from ._network import AdaptedReLUNet
-from ._training import MODES, train
-from ._validate import check_positive_int
-
-
-@dataclasses.dataclass(frozen=True)
-class CompareConfig:
-    """Everything that defines a comparison run (saved as `config.json`).
-
-    Scenario (ignored for the sizes a `data` file fixes): `depth` L, `dim` M, `points` N,
-    `clusters` Q, and the staircase parameters `spread`, `separation`, `jitter`,
-    `target_offset` (see `make_staircase`). Initialisation: `scale_spread`, `bias_scale`
-    (see `AdaptedReLUNet.random`). Dynamics: gradient descent step `lr` up to `t1`,
-    `saves` snapshots after t = 0 (`t1/lr` steps must be a multiple of `saves`),
-    `mode` of training, `freeze_weights` (biases only, in both flow and training),
-    `precision` 32 or 64, flow tolerances `rtol`/`atol`. Execution: `seeds` (count),
-    `chunk_size` seeds per chunk, `keep` seeds whose trajectories are saved for figures.
-    """
-
-    seeds: int = 8192
-    depth: int = 3
-    dim: int = 2
-    points: int = 60
-    clusters: int = 3
-    spread: float = 0.25
-    separation: float = 2.5
-    jitter: float = 0.3
-    target_offset: float = 1.0
-    scale_spread: float = 0.1
-    bias_scale: float = 0.1
-    lr: float = 0.01
-    t1: float = 5.0
-    saves: int = 100
-    mode: str = "adapted"
-    freeze_weights: bool = False
-    precision: int = 64
-    rtol: float = 1e-7
-    atol: float = 1e-9
-    chunk_size: int = 256
-    keep: int = 4
-    data: str | None = None
-
-    def __post_init__(self):
-        for name in ("seeds", "depth", "dim", "points", "clusters", "saves", "chunk_size"):
-            check_positive_int(name, getattr(self, name))
-        if not isinstance(self.keep, int) or self.keep < 0:
-            raise ValueError(f"`keep` must be an int >= 0, got {self.keep!r}.")
-        for name in ("spread", "lr", "t1", "rtol", "atol"):
-            if not (isinstance(getattr(self, name), (int, float)) and getattr(self, name) > 0):
-                raise ValueError(f"`{name}` must be a positive number, got {getattr(self, name)!r}.")
-        for name in ("separation", "jitter", "scale_spread", "bias_scale"):
-            if not (isinstance(getattr(self, name), (int, float)) and getattr(self, name) >= 0):
-                raise ValueError(f"`{name}` must be a number >= 0, got {getattr(self, name)!r}.")
-        if self.mode not in MODES:
-            raise ValueError(f"`mode` must be 'adapted' or 'unconstrained', got {self.mode!r}.")
-        if self.mode == "unconstrained" and self.freeze_weights:
-            raise ValueError(
-                "`mode='unconstrained'` contradicts `freeze_weights`: with frozen weights the "
-                "net stays adapted. Drop one of the two."
-            )
-        if self.precision not in (32, 64):
-            raise ValueError(f"`precision` must be 32 or 64, got {self.precision!r}.")
-        if self.data is None and self.points < self.clusters:
-            raise ValueError(f"`points` ({self.points}) must be >= `clusters` ({self.clusters}).")
-        steps = self.t1 / self.lr
-        if abs(steps - round(steps)) > 1e-9 * steps or round(steps) % self.saves:
-            raise ValueError(
-                f"t1/lr = {steps:g} steps must be an integer multiple of `saves` = {self.saves}; "
-                "adjust `t1`, `lr` or `saves`."
-            )
-
-    @property
-    def steps(self) -> int:
-        return int(round(self.t1 / self.lr))
-
-    @classmethod
-    def from_dict(cls, values: dict) -> "CompareConfig":
-        known = {field.name for field in dataclasses.fields(cls)}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise ValueError(f"unknown config key(s) {unknown}; valid keys are {sorted(known)}.")
-        return cls(**values)
-
-    def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
+from ._results import RESULTS
+from ._training import _stability_bound, train
 
 
 def resolve_data(config: CompareConfig) -> tuple[CompareConfig, Dataset | None]:
@@ -191,8 +108,18 @@ def compare_seed(seed, config: CompareConfig, user_data: Dataset | None = None):
         check_stability=False,
     )
     flow = solve_effective(
-        net, data, ts=run.ts, train_weights=train_weights, rtol=config.rtol, atol=config.atol
+        net,
+        data,
+        ts=run.ts,
+        train_weights=train_weights,
+        rtol=config.rtol,
+        atol=config.atol,
+        max_steps=config.max_steps,
     )
+    # the stability check `train` makes on concrete inputs, per seed (under vmap)
+    bound = _stability_bound(net, data, config.mode if train_weights else "adapted", 50)
+    unstable = config.check_stability & (config.lr > bound)
+    train_result = jnp.where(unstable & (run.result == 0), RESULTS.unstable, run.result)
     times = run.ts
     theta_scale = jnp.maximum(jnp.nanmax(jnp.abs(flow.thresholds)), 1e-12)
     star_flow = jnp.max(flow.thresholds, axis=1)
@@ -218,14 +145,17 @@ def compare_seed(seed, config: CompareConfig, user_data: Dataset | None = None):
     extra = jnp.isfinite(train_cross) & ~in_window
 
     class_top = jax.ops.segment_max(u, data.labels, num_segments=data.num_classes)
-    collapse_flow = _collapse_times(times, star_flow, class_top)
-    collapse_train = _collapse_times(times, star_train, class_top)
+    # classes collapsed already at t = 0 are counted apart, not as collapsing
+    at_start = jnp.all(class_top < star_flow[0][None], axis=-1)
+    collapse_flow = jnp.where(at_start, jnp.nan, _collapse_times(times, star_flow, class_top))
+    collapse_train = jnp.where(at_start, jnp.nan, _collapse_times(times, star_train, class_top))
     both = jnp.isfinite(collapse_flow) & jnp.isfinite(collapse_train)
 
     metrics = dict(
         seed=jnp.asarray(seed, jnp.int32),
         flow_result=flow.result,
-        train_result=run.result,
+        train_result=train_result,
+        stability_bound=bound,
         threshold_error=jnp.max(jnp.abs(run.thresholds - flow.thresholds)) / theta_scale,
         cost_error=jnp.max(jnp.abs(run.cost - flow.cost)) / flow.cost[0],
         truncation_agreement=jnp.mean(jnp.all(run.n_truncated == flow.n_truncated, axis=1)),
@@ -238,6 +168,7 @@ def compare_seed(seed, config: CompareConfig, user_data: Dataset | None = None):
         collapse_time_train=collapse_train,
         collapsed_flow=jnp.sum(jnp.isfinite(collapse_flow)),
         collapsed_train=jnp.sum(jnp.isfinite(collapse_train)),
+        collapsed_at_start=jnp.sum(at_start),
         collapse_time_error=jnp.max(jnp.where(both, jnp.abs(collapse_train - collapse_flow), 0.0)),
         drift=jnp.nanmax(run.drift),
     )
@@ -263,15 +194,11 @@ def compare_seed(seed, config: CompareConfig, user_data: Dataset | None = None):
 
 
 @eqx.filter_jit
-def _compare_batch(seeds, config: CompareConfig, user_data, with_trajectories: bool):
+def _compare_batch(seeds, config: CompareConfig, user_data):
     """All seeds of a chunk in one vmap. `config` (a frozen dataclass) is static, so every
-    chunk of a run, and every run with the same config, reuses one compilation."""
-
-    def one(seed):
-        metrics, trajectories = compare_seed(seed, config, user_data)
-        return metrics, (trajectories if with_trajectories else None)
-
-    return jax.vmap(one)(seeds)
+    chunk of a run, and every run with the same config, reuses one compilation (the
+    trajectories are cheap next to the solves, so every chunk returns them)."""
+    return jax.vmap(lambda seed: compare_seed(seed, config, user_data))(seeds)
 
 
 def seed_sharding():
@@ -280,19 +207,20 @@ def seed_sharding():
     return NamedSharding(mesh, PartitionSpec("seeds"))
 
 
-def run_chunk(config: CompareConfig, user_data, seeds: np.ndarray, with_trajectories: bool = False):
-    """Metrics (and optionally trajectories) for `seeds`, as NumPy arrays.
+def run_chunk(config: CompareConfig, user_data, seeds: np.ndarray, pad_to: int | None = None):
+    """Metrics and trajectories for `seeds`, as NumPy arrays.
 
-    The seeds are padded to a multiple of the device count and sharded over the mesh's
-    `seeds` axis; each seed's result depends only on its own seed.
+    The seeds are padded (repeating the last) to `pad_to` and to a multiple of the device
+    count, so every chunk of a run has one shape and reuses one compiled program, then
+    sharded over the mesh's `seeds` axis; each seed's result depends only on its own seed.
     """
     sharding = seed_sharding()
     devices = sharding.mesh.size
-    padded = math.ceil(len(seeds) / devices) * devices
+    padded = math.ceil(max(len(seeds), pad_to or 0) / devices) * devices
     host_seeds = np.concatenate([seeds, np.full(padded - len(seeds), seeds[-1])]).astype(np.int32)
     # every process holds the whole chunk and places its devices' slices (multi-host safe)
     seed_array = jax.make_array_from_callback(host_seeds.shape, sharding, lambda index: host_seeds[index])
-    outputs = _compare_batch(seed_array, config, user_data, with_trajectories)
+    outputs = _compare_batch(seed_array, config, user_data)
     if jax.process_count() > 1:
         from jax.experimental import multihost_utils
 
@@ -312,9 +240,9 @@ def compare(config: CompareConfig, seeds=None, *, progress=None):
     parts, kept = [], None
     for start in range(0, len(seeds), config.chunk_size):
         chunk = seeds[start : start + config.chunk_size]
-        metrics, trajectories = run_chunk(config, user_data, chunk, with_trajectories=start == 0)
+        metrics, trajectories = run_chunk(config, user_data, chunk, pad_to=config.chunk_size)
         parts.append(metrics)
-        if trajectories is not None:
+        if start == 0:
             kept = {name: value[: config.keep] for name, value in trajectories.items()}
         if progress is not None:
             progress(start // config.chunk_size + 1, math.ceil(len(seeds) / config.chunk_size))
@@ -330,63 +258,3 @@ def _enable_precision(config: CompareConfig) -> None:
             "`precision=32` was asked for but JAX runs with x64 enabled in this process; "
             "start a new process (the CLI does), or use precision=64."
         )
-
-
-QUANTILES = (0.0, 0.1, 0.5, 0.9, 1.0)
-
-
-def summarise(metrics: dict, config: CompareConfig) -> dict:
-    """Quantiles across seeds of every scalar metric, plus counts (keys in the README)."""
-
-    def quantiles(values):
-        values = np.asarray(values, np.float64)
-        values = values[np.isfinite(values)]
-        if values.size == 0:
-            return None
-        return {f"q{int(q * 100)}": float(np.quantile(values, q)) for q in QUANTILES}
-
-    ok = (metrics["flow_result"] == 0) & (metrics["train_result"] == 0)
-    scalar = (
-        "threshold_error",
-        "cost_error",
-        "truncation_agreement",
-        "crossing_time_error",
-        "num_events",
-        "unmatched_crossings",
-        "extra_crossings",
-        "collapse_time_error",
-        "drift",
-    )
-    flow_times = np.where(np.isfinite(metrics["collapse_time_flow"]), metrics["collapse_time_flow"], np.nan)
-    summary = {
-        "seeds": int(len(metrics["seed"])),
-        "ok_seeds": int(ok.sum()),
-        "flow_failures": int(np.sum(metrics["flow_result"] != 0)),
-        "training_divergences": int(np.sum(metrics["train_result"] != 0)),
-        "lr": config.lr,
-        "t1": config.t1,
-        "mode": config.mode,
-        "freeze_weights": config.freeze_weights,
-        "seeds_with_collapse_flow": float(np.mean(metrics["collapsed_flow"][ok] > 0)) if ok.any() else None,
-        "seeds_with_collapse_train": float(np.mean(metrics["collapsed_train"][ok] > 0)) if ok.any() else None,
-        "collapse_time_flow": quantiles(flow_times[ok].ravel()),
-    }
-    for name in scalar:
-        summary[name] = quantiles(metrics[name][ok])
-    return summary
-
-
-def write_atomic(path: str, write) -> None:
-    """Writes through a temporary file in the same folder, then renames it into place."""
-    temporary = f"{path}.tmp-{os.getpid()}"
-    write(temporary)
-    os.replace(temporary, path)
-
-
-def write_json(path: str, value: dict) -> None:
-    def write(temporary):
-        with open(temporary, "w") as f:
-            json.dump(value, f, indent=2, sort_keys=True)
-            f.write("\n")
-
-    write_atomic(path, write)

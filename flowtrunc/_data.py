@@ -147,11 +147,19 @@ def load_npz(path: str | os.PathLike) -> Dataset:
                 f"data file {path!r} lacks array(s) {missing}; it has {archive.files}. Save "
                 "it with `numpy.savez(path, x=..., labels=..., targets=...)`."
             )
-        x = archive["x"]
+        x, labels = archive["x"], archive["labels"]
+        if not (np.issubdtype(x.dtype, np.integer) or np.issubdtype(x.dtype, np.floating)):
+            raise ValueError(f"data file {path!r}: `x` has dtype {x.dtype}; it must hold numbers.")
         if np.issubdtype(x.dtype, np.integer):
             x = x.astype(np.float64)
+        if not np.issubdtype(labels.dtype, np.integer):
+            raise ValueError(
+                f"data file {path!r}: `labels` has dtype {labels.dtype}, but labels must be "
+                "integers 0..Q-1; map class names to integers first, e.g. "
+                "`labels = numpy.unique(names, return_inverse=True)[1]`."
+            )
         targets = archive["targets"] if "targets" in archive.files else None
-        return Dataset(x=x, labels=archive["labels"], targets=targets)
+        return Dataset(x=x, labels=labels, targets=targets)
 
 
 def make_staircase(

@@ -17,6 +17,7 @@ from ._validate import (
     check_orthogonal,
     check_positive,
     check_positive_int,
+    check_prng_key,
     check_shape,
     float_array,
 )
@@ -183,6 +184,7 @@ class AdaptedReLUNet(AbstractReLUNet):
         - scales: `exp(scale_spread * z)`, z standard normal (log-normal around 1);
         - biases: `bias_scale * z`, z standard normal.
         """
+        check_prng_key("key", key)
         check_positive_int("depth", depth)
         check_positive_int("width", width)
         if scale_spread < 0 or bias_scale < 0:

@@ -1,57 +1,157 @@
 """A comparison run on disk: chunks written atomically as they finish, resumable.
 
 Layout of the output directory:
-`config.json` (fully resolved), `chunks/chunk_NNNNN.npz` (per-seed metrics of each
-chunk), `trajectories.npz` (the first `keep` seeds), then `seeds.npz` (all per-seed
-metrics), `summary.json` and `figures/*.png` once every chunk is done.
+`config.json` (the resolved settings, plus `provenance`: data hash and versions),
+`chunks/seeds_SSSSSSSS-EEEEEEEE.npz` (per-seed metrics of seeds S..E-1, and the seconds
+the chunk took), `trajectories.npz` (the first `keep` seeds), then `seeds.npz` (all
+per-seed metrics), `summary.json` and `figures/` once every seed is done. `.lock` marks
+a run in progress.
 """
 
+import errno
+import hashlib
 import json
-import math
 import os
+import re
+import shutil
+import socket
 import sys
 import time
 
 import jax
 import numpy as np
 
-from ._compare import CompareConfig, _enable_precision, resolve_data, run_chunk, write_atomic, write_json
+from ._compare import _enable_precision, resolve_data, run_chunk
+from ._config import CompareConfig
 
-CONFIG, SEEDS, TRAJECTORIES, SUMMARY = "config.json", "seeds.npz", "trajectories.npz", "summary.json"
+CONFIG, SEEDS, TRAJECTORIES, SUMMARY, LOCK = (
+    "config.json",
+    "seeds.npz",
+    "trajectories.npz",
+    "summary.json",
+    ".lock",
+)
+_CHUNK = re.compile(r"seeds_(\d{8})-(\d{8})\.npz")
+# settings a resumed run may change: results do not depend on them
+RESUMABLE_CHANGES = ("chunk_size",)
 
 
-def _chunk_path(out_dir: str, index: int) -> str:
-    return os.path.join(out_dir, "chunks", f"chunk_{index:05d}.npz")
+class OutputError(ValueError):
+    """A run's files cannot be written or read; the message says which and what to do."""
 
 
-def prepare_directory(out_dir: str, config: CompareConfig, resume: bool) -> None:
-    """Checks that `out_dir` may receive this run; nothing is overwritten."""
+# ---------------------------------------------------------------- writing files
+
+
+def write_atomic(path: str, write) -> None:
+    """Writes through a temporary file in the same folder, then renames it into place.
+    On failure (disk full, no permission) the temporary file is removed."""
+    temporary = f"{path}.tmp-{os.getpid()}"
+    try:
+        write(temporary)
+        os.replace(temporary, path)
+    except OSError as error:
+        if os.path.exists(temporary):
+            os.remove(temporary)
+        reason = "the disk is full" if error.errno == errno.ENOSPC else error.strerror or str(error)
+        raise OutputError(
+            f"could not write {path!r}: {reason}. Finished chunks are kept; free space (or fix "
+            "the permission) and continue with the same command plus --resume."
+        ) from error
+
+
+def write_json(path: str, value: dict) -> None:
+    def write(temporary):
+        with open(temporary, "w") as f:
+            json.dump(value, f, indent=2, sort_keys=True, allow_nan=False)
+            f.write("\n")
+
+    write_atomic(path, write)
+
+
+def _save_npz(path: str, arrays: dict) -> None:
+    with open(path, "wb") as f:
+        np.savez(f, **arrays)
+
+
+def provenance(config: CompareConfig) -> dict:
+    """What else a run's results depend on: the data file's content and the versions."""
+    from . import __version__
+
+    digest = data_std = None
+    if config.data is not None:
+        with open(config.data, "rb") as f:
+            digest = hashlib.sha256(f.read()).hexdigest()
+        with np.load(config.data) as archive:
+            data_std = float(np.max(np.std(np.asarray(archive["x"], np.float64), axis=0)))
+    versions = {"flowtrunc": __version__, "jax": jax.__version__, "python": sys.version.split()[0]}
+    return {"data_sha256": digest, "data_std": data_std, "versions": versions}
+
+
+def read_config(out_dir: str) -> tuple[CompareConfig, dict]:
+    """The settings and provenance saved in `out_dir/config.json`, with a clear error when
+    the file is missing or damaged."""
+    path = os.path.join(out_dir, CONFIG)
+    try:
+        with open(path) as f:
+            saved = json.load(f)
+        origin = saved.pop("provenance", {}) if isinstance(saved, dict) else {}
+        return CompareConfig.from_dict(saved), origin
+    except FileNotFoundError:
+        raise OutputError(f"{out_dir!r} holds no {CONFIG}; it is not a flowtrunc run.") from None
+    except (json.JSONDecodeError, UnicodeDecodeError, ValueError, TypeError) as error:
+        raise OutputError(
+            f"{path!r} is damaged ({error}); restore it, or start again in a new --out directory."
+        ) from error
+
+
+# ---------------------------------------------------------------- the directory
+
+
+def _check_out(out_dir) -> str:
     if not isinstance(out_dir, (str, os.PathLike)) or not str(out_dir).strip():
         raise ValueError(
             f"--out {out_dir!r} is empty (an unset shell variable?); give the path of a new or "
             "empty directory, e.g. --out runs/first (nothing was written)."
         )
     out_dir = os.path.abspath(out_dir)
-    config_path = os.path.join(out_dir, CONFIG)
-    exists = os.path.isdir(out_dir) and bool(os.listdir(out_dir))
     if os.path.exists(out_dir) and not os.path.isdir(out_dir):
         raise ValueError(f"--out {out_dir!r} is a file; give a directory.")
+    return out_dir
+
+
+def prepare_directory(out_dir: str, config: CompareConfig, resume: bool) -> bool:
+    """Checks that `out_dir` may receive this run (nothing is overwritten) and creates it
+    for a new run. Returns True when this call created something (a new run)."""
+    out_dir = _check_out(out_dir)
+    origin = provenance(config)
     if resume:
-        if not os.path.isfile(config_path):
+        if not os.path.isfile(os.path.join(out_dir, CONFIG)):
             raise ValueError(f"--resume: {out_dir!r} holds no {CONFIG}; there is no run to resume.")
-        with open(config_path) as f:
-            saved = json.load(f)
-        wanted = json.loads(json.dumps(config.to_dict()))
-        differing = sorted(key for key in set(saved) | set(wanted) if saved.get(key) != wanted.get(key))
+        saved, saved_origin = read_config(out_dir)
+        wanted, have = config.to_dict(), saved.to_dict()
+        differing = sorted(k for k in wanted if wanted[k] != have[k] and k not in RESUMABLE_CHANGES)
         if differing:
-            details = ", ".join(f"{k}: saved {saved.get(k)!r} vs now {wanted.get(k)!r}" for k in differing)
+            details = ", ".join(f"{k}: saved {have[k]!r} vs now {wanted[k]!r}" for k in differing)
             raise ValueError(
                 f"--resume: {out_dir!r} was made with another config ({details}); rerun with "
                 "the same options, or use a new --out directory."
             )
-        return
-    if exists:
-        if os.path.isfile(config_path):
+        if saved_origin.get("data_sha256") != origin["data_sha256"]:
+            raise ValueError(
+                f"--resume: the data file {config.data!r} changed since the run in {out_dir!r} "
+                f"began (sha256 {saved_origin.get('data_sha256')} then, {origin['data_sha256']} "
+                "now); restore the file, or start a new --out directory."
+            )
+        if saved_origin.get("versions") != origin["versions"]:
+            print(
+                f"flowtrunc: note: versions differ from the run's start "
+                f"({saved_origin.get('versions')} then, {origin['versions']} now).",
+                file=sys.stderr,
+            )
+        return False
+    if os.path.isdir(out_dir) and os.listdir(out_dir):
+        if os.path.isfile(os.path.join(out_dir, CONFIG)):
             raise ValueError(
                 f"{out_dir!r} already holds a flowtrunc run; pass --resume to continue it, "
                 "or choose a new --out directory."
@@ -60,18 +160,152 @@ def prepare_directory(out_dir: str, config: CompareConfig, resume: bool) -> None
             f"{out_dir!r} is not empty and holds something else; choose an empty or new "
             "--out directory (nothing was written)."
         )
-    os.makedirs(os.path.join(out_dir, "chunks"), exist_ok=True)
-    write_json(config_path, config.to_dict())
+    try:
+        os.makedirs(os.path.join(out_dir, "chunks"), exist_ok=True)
+    except OSError as error:
+        raise OutputError(
+            f"--out {out_dir!r} cannot be created ({error.strerror}); choose a directory you can write to."
+        ) from error
+    write_json(os.path.join(out_dir, CONFIG), {**config.to_dict(), "provenance": origin})
+    return True
 
 
-def _progress_bar(done: int, total: int, started: float, stream=sys.stderr) -> None:
-    width = 30
-    filled = int(width * done / total)
-    elapsed = time.perf_counter() - started
-    stream.write(f"\r[{'#' * filled}{'.' * (width - filled)}] {done}/{total} chunks, {elapsed:6.1f} s")
-    if done == total:
-        stream.write("\n")
-    stream.flush()
+class RunLock:
+    """`out_dir/.lock` holds the pid of the process writing the run; a second process is
+    refused. A lock left by a process that died on this host is taken over."""
+
+    def __init__(self, out_dir: str):
+        self.path = os.path.join(out_dir, LOCK)
+
+    def __enter__(self):
+        for _ in range(2):
+            try:
+                fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+            except FileExistsError:
+                if self._holder_alive():
+                    raise OutputError(
+                        f"another flowtrunc process ({self._read()}) is writing to "
+                        f"{os.path.dirname(self.path)!r}; wait for it to finish. If it is gone, "
+                        f"delete {self.path!r} and resume."
+                    ) from None
+                os.remove(self.path)  # stale: its process died
+                continue
+            with os.fdopen(fd, "w") as f:
+                f.write(f"{socket.gethostname()} {os.getpid()}\n")
+            return self
+        raise OutputError(f"could not take the lock {self.path!r}; delete it and resume.")
+
+    def __exit__(self, *exc):
+        if os.path.exists(self.path):
+            os.remove(self.path)
+
+    def _read(self) -> str:
+        try:
+            with open(self.path) as f:
+                return f.read().strip()
+        except OSError:
+            return ""
+
+    def _holder_alive(self) -> bool:
+        parts = self._read().split()
+        if len(parts) != 2 or parts[0] != socket.gethostname():
+            return len(parts) == 2  # another host's lock: assume alive
+        try:
+            os.kill(int(parts[1]), 0)
+        except ProcessLookupError:
+            return False
+        except (PermissionError, ValueError):
+            return True
+        return True
+
+
+def _remove_stray_temporaries(out_dir: str) -> None:
+    for folder in (out_dir, os.path.join(out_dir, "chunks")):
+        if os.path.isdir(folder):
+            for name in os.listdir(folder):
+                if ".tmp-" in name:
+                    os.remove(os.path.join(folder, name))
+
+
+# ---------------------------------------------------------------- chunks
+
+
+def _chunk_name(start: int, stop: int) -> str:
+    return f"seeds_{start:08d}-{stop:08d}.npz"
+
+
+def finished_ranges(out_dir: str) -> list[tuple[int, int]]:
+    """Seed ranges `[start, stop)` of the chunks already written, sorted."""
+    chunk_dir = os.path.join(out_dir, "chunks")
+    found = [_CHUNK.fullmatch(name) for name in os.listdir(chunk_dir)] if os.path.isdir(chunk_dir) else []
+    return sorted((int(m[1]), int(m[2])) for m in found if m)
+
+
+def pending_chunks(num_seeds: int, chunk_size: int, done: list[tuple[int, int]]) -> list[tuple[int, int]]:
+    """The seed ranges still to compute, in chunks of at most `chunk_size` (the gaps
+    between finished ranges, so a resume may use another chunk size)."""
+    covered = np.zeros(num_seeds, bool)
+    for start, stop in done:
+        covered[start:stop] = True
+    chunks, seed = [], 0
+    while seed < num_seeds:
+        if covered[seed]:
+            seed += 1
+            continue
+        stop = seed
+        while stop < num_seeds and not covered[stop] and stop - seed < chunk_size:
+            stop += 1
+        chunks.append((seed, stop))
+        seed = stop
+    return chunks
+
+
+def load_metrics(out_dir: str) -> tuple[dict, float]:
+    """All per-seed metrics of a run from its chunk files, in seed order, and the seconds
+    the chunks took in all."""
+    parts, seconds = [], 0.0
+    for start, stop in finished_ranges(out_dir):
+        path = os.path.join(out_dir, "chunks", _chunk_name(start, stop))
+        try:
+            with np.load(path) as archive:
+                part = {key: archive[key] for key in archive.files}
+        except Exception as error:
+            raise OutputError(
+                f"chunk file {path!r} is damaged ({error}); delete it and resume to recompute it."
+            ) from error
+        seconds += float(part.pop("chunk_seconds", 0.0))
+        parts.append(part)
+    return {key: np.concatenate([part[key] for part in parts]) for key in parts[0]}, seconds
+
+
+class Progress:
+    """One line on stderr: compilation as its own phase, then chunks with an ETA."""
+
+    def __init__(self, total_seeds: int, stream=None, enabled: bool = True):
+        self.total, self.stream, self.enabled = total_seeds, stream or sys.stderr, enabled
+        self.steady_seconds, self.steady_seeds = 0.0, 0
+
+    def compiling(self) -> None:
+        self._write("compiling the comparison program (first chunk; tens of seconds)...")
+
+    def chunk_done(self, done: int, seeds: int, seconds: float, first: bool) -> None:
+        if not first:  # the first chunk includes compilation: no basis for the rate
+            self.steady_seconds += seconds
+            self.steady_seeds += seeds
+        width, filled = 30, int(30 * done / self.total)
+        if self.steady_seeds:
+            eta = (self.total - done) * self.steady_seconds / self.steady_seeds
+            rate = f", ETA {eta:6.1f} s"
+        else:
+            rate = f", first chunk (with compilation) in {seconds:.1f} s" if first else ""
+        self._write(f"[{'#' * filled}{'.' * (width - filled)}] {done}/{self.total} seeds{rate}")
+        if done == self.total:
+            self._write("", end="\n")
+
+    def _write(self, text: str, end: str = "") -> None:
+        if self.enabled:
+            self.stream.write(f"\r{text:<79}{end}" if text else end)
+            self.stream.flush()
 
 
 def run_compare(
@@ -83,59 +317,56 @@ def run_compare(
     progress: bool = True,
 ) -> bool:
     """Runs (or continues) a comparison into `out_dir`. Each finished chunk is written
-    atomically; with `resume`, finished chunks are skipped. `max_chunks` stops after that
-    many new chunks (a time-boxed run). Returns True when the run is complete (then
-    `seeds.npz`, `summary.json` and the figures exist)."""
+    atomically; with `resume`, finished seeds are skipped (the chunk size may change).
+    `max_chunks` stops after that many new chunks (a time-boxed run). Returns True when the
+    run is complete (then `seeds.npz`, `summary.json` and the figures exist). A new run
+    that fails before its first chunk is written leaves no directory behind."""
     config, user_data = resolve_data(config)
     _enable_precision(config)
-    prepare_directory(out_dir, config, resume)
-    seeds = np.arange(config.seeds)
-    total = math.ceil(len(seeds) / config.chunk_size)
-    started = time.perf_counter()
-    computed = 0
+    created = prepare_directory(out_dir, config, resume)
+    out_dir = os.path.abspath(out_dir)
+    try:
+        with RunLock(out_dir):
+            _remove_stray_temporaries(out_dir)
+            complete = _run_chunks(config, user_data, out_dir, max_chunks, progress)
+    except BaseException:
+        if created and not finished_ranges(out_dir):
+            shutil.rmtree(out_dir, ignore_errors=True)  # nothing worth keeping
+        raise
+    return complete
+
+
+def _run_chunks(config, user_data, out_dir, max_chunks, progress) -> bool:
     leader = jax.process_index() == 0
-    for index in range(total):
-        path = _chunk_path(out_dir, index)
-        if os.path.isfile(path):
-            continue
-        if max_chunks is not None and computed >= max_chunks:
+    todo = pending_chunks(config.seeds, config.chunk_size, finished_ranges(out_dir))
+    bar = Progress(config.seeds, enabled=progress and leader)
+    done = config.seeds - sum(stop - start for start, stop in todo)
+    for count, (start, stop) in enumerate(todo):
+        if max_chunks is not None and count >= max_chunks:
             return False
-        chunk = seeds[index * config.chunk_size : (index + 1) * config.chunk_size]
-        keep_here = index == 0 and config.keep > 0
-        metrics, trajectories = run_chunk(config, user_data, chunk, with_trajectories=keep_here)
+        if count == 0:
+            bar.compiling()
+        began = time.perf_counter()
+        seeds = np.arange(start, stop)
+        metrics, trajectories = run_chunk(config, user_data, seeds, pad_to=config.chunk_size)
+        seconds = time.perf_counter() - began
         if leader:
-            if trajectories is not None:
+            if start == 0 and config.keep > 0:
                 kept = {name: value[: config.keep] for name, value in trajectories.items()}
                 write_atomic(os.path.join(out_dir, TRAJECTORIES), lambda p: _save_npz(p, kept))
-            write_atomic(path, lambda p: _save_npz(p, metrics))
-        computed += 1
-        if progress and leader:
-            _progress_bar(index + 1, total, started)
+            path = os.path.join(out_dir, "chunks", _chunk_name(start, stop))
+            write_atomic(path, lambda p: _save_npz(p, {**metrics, "chunk_seconds": np.float64(seconds)}))
+        done += stop - start
+        bar.chunk_done(done, stop - start, seconds, first=count == 0)
     if leader:
-        finish(out_dir, config)
+        finish(out_dir)
     return True
 
 
-def _save_npz(path: str, arrays: dict) -> None:
-    with open(path, "wb") as f:
-        np.savez(f, **arrays)
-
-
-def load_metrics(out_dir: str) -> dict:
-    """All per-seed metrics of a run, from its chunk files, in seed order."""
-    chunk_dir = os.path.join(out_dir, "chunks")
-    names = sorted(name for name in os.listdir(chunk_dir) if name.endswith(".npz"))
-    parts = []
-    for name in names:
-        with np.load(os.path.join(chunk_dir, name)) as archive:
-            parts.append({key: archive[key] for key in archive.files})
-    return {key: np.concatenate([part[key] for part in parts]) for key in parts[0]}
-
-
-def finish(out_dir: str, config: CompareConfig) -> None:
+def finish(out_dir: str) -> None:
     """Merges the chunks into `seeds.npz`, writes `summary.json` and the figures."""
     from ._report import write_report
 
-    metrics = load_metrics(out_dir)
+    metrics, _ = load_metrics(out_dir)
     write_atomic(os.path.join(out_dir, SEEDS), lambda p: _save_npz(p, metrics))
     write_report(out_dir)

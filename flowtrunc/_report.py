@@ -1,179 +1,335 @@
 """Summary and figures of a comparison run, drawn from its saved files only."""
 
-import json
 import os
 
 import numpy as np
+from matplotlib.ticker import MaxNLocator
 
-from ._compare import CompareConfig, summarise, write_json
+from ._output import SEEDS, SUMMARY, TRAJECTORIES, OutputError, load_metrics, read_config, write_json
+from ._results import RESULTS
+from ._summary import ok_seeds, summarise
 
-FIGURES = ("thresholds.png", "cost.png", "errors.png", "truncation.png", "plane.png")
+TIME = "t [flow time = steps × lr]"
+LEVEL = "[input units]"
+SHOWN = 4  # seeds and coordinates drawn per figure (stated in the titles when more exist)
 
 
-def _load(out_dir: str):
-    config_path = os.path.join(out_dir, "config.json")
-    seeds_path = os.path.join(out_dir, "seeds.npz")
-    if not os.path.isfile(config_path) or not os.path.isfile(seeds_path):
-        raise ValueError(
+def _load_npz(path: str) -> dict:
+    try:
+        with np.load(path) as archive:
+            return {key: archive[key] for key in archive.files}
+    except Exception as error:
+        raise OutputError(
+            f"{path!r} is damaged ({error}); delete it and run `flowtrunc compare --resume` on "
+            "the directory to rebuild it from the chunks."
+        ) from error
+
+
+def load_run(out_dir: str):
+    """`(config, provenance, metrics, trajectories or None)` of a finished run."""
+    if not os.path.isfile(os.path.join(out_dir, SEEDS)):
+        raise OutputError(
             f"{out_dir!r} holds no finished run (config.json and seeds.npz); run "
             "`flowtrunc compare --out DIR` (with --resume to finish an interrupted one)."
         )
-    with open(config_path) as f:
-        config = CompareConfig.from_dict(json.load(f))
-    with np.load(seeds_path) as archive:
-        metrics = {key: archive[key] for key in archive.files}
-    trajectories = None
-    path = os.path.join(out_dir, "trajectories.npz")
-    if os.path.isfile(path):
-        with np.load(path) as archive:
-            trajectories = {key: archive[key] for key in archive.files}
-    return config, metrics, trajectories
+    config, origin = read_config(out_dir)
+    metrics = _load_npz(os.path.join(out_dir, SEEDS))
+    path = os.path.join(out_dir, TRAJECTORIES)
+    trajectories = _load_npz(path) if os.path.isfile(path) else None
+    return config, origin, metrics, trajectories
 
 
 def write_report(out_dir: str) -> dict:
-    """Writes `summary.json` and `figures/*.png` from the saved results; returns the summary."""
+    """Writes `summary.json` and `figures/` from the saved results; returns the summary."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    config, metrics, trajectories = _load(out_dir)
-    summary = summarise(metrics, config)
-    write_json(os.path.join(out_dir, "summary.json"), summary)
-    figures = os.path.join(out_dir, "figures")
-    os.makedirs(figures, exist_ok=True)
-    drawers = [_errors]
-    if trajectories is not None and len(trajectories["ts"]):
-        drawers += [_thresholds, _cost, _truncation]
-        if trajectories["u"].shape[-1] == 2:
-            drawers.append(_plane)
-    for draw in drawers:
-        fig, name = draw(plt, config, metrics, trajectories)
-        fig.savefig(os.path.join(figures, name), dpi=110, bbox_inches="tight")
+    config, origin, metrics, trajectories = load_run(out_dir)
+    seconds = load_metrics(out_dir)[1] if os.path.isdir(os.path.join(out_dir, "chunks")) else None
+    summary = summarise(metrics, config, origin, seconds)
+    write_json(os.path.join(out_dir, SUMMARY), summary)
+    folder = os.path.join(out_dir, "figures")
+    os.makedirs(folder, exist_ok=True)
+    for name, fig in figures(config, metrics, trajectories, summary):
+        fig.savefig(os.path.join(folder, name), dpi=110)
         plt.close(fig)
+    if trajectories is not None and trajectories["u"].shape[-1] == 2 and len(trajectories["ts"]):
+        animate_plane(trajectories, metrics, os.path.join(folder, "truncation.gif"))
     return summary
 
 
-def _class_colours(plt, count):
-    return plt.get_cmap("tab10")(np.arange(count) % 10)
+def figures(config, metrics, trajectories, summary) -> list:
+    """`[(file name, Figure)]` of a run: errors across seeds, and, from the kept
+    trajectories, thresholds, cost, truncated counts and (M = 2) the input plane."""
+    import matplotlib.pyplot as plt
+
+    drawn = [("errors.png", _errors(plt, config, metrics, summary))]
+    if trajectories is not None and len(trajectories["ts"]):
+        drawn += [
+            ("thresholds.png", _thresholds(plt, metrics, trajectories)),
+            ("cost.png", _cost(plt, config, metrics, trajectories)),
+            ("truncation.png", _truncation(plt, metrics, trajectories)),
+        ]
+        if trajectories["u"].shape[-1] == 2:
+            drawn.append(("plane.png", _plane(plt, metrics, trajectories)))
+    return drawn
 
 
-def _thresholds(plt, config, metrics, tr):
-    seeds = min(len(tr["ts"]), 4)
-    coords = min(tr["u"].shape[-1], 3)
-    fig, axes = plt.subplots(
-        seeds, coords, figsize=(4 * coords, 2.6 * seeds), squeeze=False, constrained_layout=True
+def _colours(plt, labels):
+    return plt.get_cmap("tab10")(np.arange(int(labels.max()) + 1) % 10)
+
+
+def _seed_title(metrics, s) -> tuple[str, str]:
+    """Title of kept seed `s` and its colour (red, naming the failure, when it failed)."""
+    seed = int(metrics["seed"][s])
+    flow, train = int(metrics["flow_result"][s]), int(metrics["train_result"][s])
+    if flow == 0 and train == 0:
+        return f"seed {seed}", "black"
+    why = RESULTS(flow).name if flow else f"training {RESULTS(train).name}"
+    return f"seed {seed} FAILED ({why})", "red"
+
+
+def _selection(total: int, what: str) -> str:
+    return f" ({what} 0–{SHOWN - 1} of {total} shown)" if total > SHOWN else ""
+
+
+def _errors(plt, config, metrics, summary):
+    ok = ok_seeds(metrics)
+    if not ok.any():
+        fig, ax = plt.subplots(figsize=(8, 3), layout="constrained")
+        ax.set_axis_off()
+        reasons = "\n".join(
+            f"{f['seeds']} seeds: {f['part']} {f['what']} → {f['fix']}" for f in summary["failures"]
+        )
+        ax.text(
+            0.5,
+            0.5,
+            f"No seed succeeded, so there is nothing to compare.\n{reasons}",
+            ha="center",
+            va="center",
+            wrap=True,
+            fontsize=9,
+            color="red",
+        )
+        fig.suptitle(f"Flow against training: 0 of {len(ok)} seeds succeeded")
+        return fig
+    panels = [
+        ("threshold_error", "max |θ*_train − θ*_flow| / max|θ| [1]"),
+        ("cost_error", "max |C_train − C_flow| / C(0) [1]"),
+        ("crossing_time_error", "max crossing-time error [flow time]"),
+        ("truncation_agreement", "fraction of saves where all n_k agree [1]"),
+    ]
+    fig, axes = plt.subplots(1, len(panels), figsize=(4 * len(panels), 3.4), layout="constrained")
+    for ax, (name, label) in zip(axes, panels):
+        values = metrics[name][ok].astype(np.float64)
+        values = values[np.isfinite(values)]
+        positive = values[values > 0]
+        if positive.size and positive.max() > 100 * positive.min() and positive.size == values.size:
+            ax.hist(values, bins=np.geomspace(positive.min(), positive.max(), 41), color="C0")
+            ax.set_xscale("log")
+        else:
+            ax.hist(values, bins=40, color="C0")
+        ax.set_xlabel(label, fontsize=8)
+        ax.set_ylabel("seeds [count]")
+        ax.yaxis.set_major_locator(MaxNLocator(integer=True))
+    failed = len(ok) - int(ok.sum())
+    note = f"; {failed} failed seeds excluded (see summary.json `failures`)" if failed else ""
+    fig.suptitle(
+        f"Flow against training: {int(ok.sum())} of {len(ok)} seeds (lr = {config.lr}, {config.mode}){note}",
+        fontsize=10,
     )
-    colours = _class_colours(plt, int(tr["labels"].max()) + 1)
+    return fig
+
+
+def _thresholds(plt, metrics, tr):
+    seeds, coords = min(len(tr["ts"]), SHOWN), min(tr["u"].shape[-1], SHOWN)
+    fig = plt.figure(figsize=(3.8 * coords, 3.6 * seeds), layout="constrained")
+    rows = fig.add_gridspec(2 * seeds, coords, height_ratios=[3, 1.3] * seeds)
     for s in range(seeds):
-        ts = tr["ts"][s]
+        ts, colours = tr["ts"][s], _colours(plt, tr["labels"][s])
+        title, colour = _seed_title(metrics, s)
         for k in range(coords):
-            ax = axes[s, k]
-            ax.plot(ts, tr["thresholds_flow"][s, :, :, k].max(axis=1), "C0", label="effective flow θ*")
-            ax.plot(ts, tr["thresholds_train"][s, :, :, k].max(axis=1), "C3--", label="training θ*")
-            ax.scatter(
-                np.zeros_like(tr["u"][s, :, k]),
-                tr["u"][s, :, k],
-                marker="_",
-                s=80,
-                c=colours[tr["labels"][s]],
-                label="data coordinates",
-            )
-            ax.set_title(f"seed {int(metrics['seed'][s])}, frame coordinate {k}", fontsize=9)
-            ax.set_xlabel("t")
-    axes[0, 0].legend(fontsize=7)
-    fig.suptitle("Active thresholds sweeping through the data (ticks: u = Rx by class)")
-    return fig, "thresholds.png"
+            top = fig.add_subplot(rows[2 * s, k])
+            bottom = fig.add_subplot(rows[2 * s + 1, k], sharex=top)
+            flow = tr["thresholds_flow"][s, :, :, k].max(axis=1)
+            train = tr["thresholds_train"][s, :, :, k].max(axis=1)
+            for level, label in zip(tr["u"][s, :, k], tr["labels"][s]):
+                top.axhline(level, color=colours[label], lw=0.6, alpha=0.35)
+            top.plot(ts, flow, "C0", lw=1.6, label="effective flow θ*")
+            top.plot(ts, train, "k--", lw=1.0, label="training θ*")
+            top.set_title(f"{title}, frame coordinate {k}", fontsize=8, color=colour)
+            top.set_ylabel(f"θ* {LEVEL}", fontsize=8)
+            top.tick_params(labelbottom=False)
+            bottom.plot(ts, train - flow, "C3", lw=1.0)
+            bottom.axhline(0.0, color="grey", lw=0.5)
+            bottom.set_ylabel("train − flow", fontsize=8)
+            bottom.set_xlabel(TIME, fontsize=8)
+    handles, labels = fig.axes[0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="outside lower center", ncols=3, fontsize=8)
+    fig.suptitle(
+        "Active threshold θ* sweeping through the data (thin lines: data coordinates u = Rx, "
+        "coloured by class)" + _selection(tr["u"].shape[-1], "coordinates"),
+        fontsize=10,
+    )
+    return fig
 
 
 def _cost(plt, config, metrics, tr):
-    fig, ax = plt.subplots(figsize=(6, 4), constrained_layout=True)
-    for s in range(min(len(tr["ts"]), 4)):
-        ax.plot(tr["ts"][s], tr["cost_flow"][s], f"C{s}", label=f"seed {int(metrics['seed'][s])} flow")
-        ax.plot(tr["ts"][s], tr["cost_train"][s], f"C{s}--", label="training" if s == 0 else None)
-    ax.set_xlabel("t")
-    ax.set_ylabel("input-layer cost")
-    ax.set_yscale("log")
-    ax.legend(fontsize=7)
-    ax.set_title(f"Cost: effective flow (solid) and gradient descent, lr = {config.lr} (dashed)")
-    return fig, "cost.png"
+    fig, (top, bottom) = plt.subplots(
+        2, 1, figsize=(7, 5.5), sharex=True, height_ratios=[3, 1.5], layout="constrained"
+    )
+    for s in range(min(len(tr["ts"]), SHOWN)):
+        title, _ = _seed_title(metrics, s)
+        top.plot(tr["ts"][s], tr["cost_flow"][s], f"C{s}", label=f"{title}: flow")
+        top.plot(
+            tr["ts"][s], tr["cost_train"][s], f"C{s}", ls="--", lw=1.0, label="training" if s == 0 else None
+        )
+        bottom.plot(tr["ts"][s], (tr["cost_train"][s] - tr["cost_flow"][s]) / tr["cost_flow"][s][0], f"C{s}")
+    top.set_yscale("log")
+    top.set_ylabel("input-layer cost C [input units²]")
+    top.set_title(
+        f"Cost: effective flow (solid) and gradient descent, lr = {config.lr} (dashed)", fontsize=10
+    )
+    bottom.axhline(0.0, color="grey", lw=0.5)
+    bottom.set_ylabel("(C_train − C_flow) / C(0)", fontsize=8)
+    bottom.set_xlabel(TIME)
+    fig.legend(loc="outside lower center", ncols=2, fontsize=8)
+    return fig
 
 
-def _errors(plt, config, metrics, tr):
-    ok = (metrics["flow_result"] == 0) & (metrics["train_result"] == 0)
-    panels = [
-        ("threshold_error", "max |θ_train − θ_flow| / max|θ|"),
-        ("cost_error", "max |C_train − C_flow| / C(0)"),
-        ("crossing_time_error", "max |crossing time error|"),
-        ("truncation_agreement", "fraction of times all n_k agree"),
-    ]
-    fig, axes = plt.subplots(1, len(panels), figsize=(4 * len(panels), 3.2), constrained_layout=True)
-    for ax, (name, label) in zip(axes, panels):
-        values = metrics[name][ok]
-        values = values[np.isfinite(values)]
-        ax.hist(values, bins=40, color="C0")
-        ax.set_xlabel(label, fontsize=8)
-    axes[0].set_ylabel("seeds")
-    fig.suptitle(f"Flow against training across {int(ok.sum())} seeds (lr = {config.lr}, {config.mode})")
-    return fig, "errors.png"
-
-
-def _truncation(plt, config, metrics, tr):
-    coords = min(tr["u"].shape[-1], 3)
-    fig, axes = plt.subplots(1, coords, figsize=(4.5 * coords, 3.5), squeeze=False, constrained_layout=True)
+def _truncation(plt, metrics, tr):
+    coords = min(tr["u"].shape[-1], SHOWN)
+    fig, axes = plt.subplots(1, coords, figsize=(4.6 * coords, 3.8), squeeze=False, layout="constrained")
     ts = tr["ts"][0]
     for k in range(coords):
         ax = axes[0, k]
-        ax.step(ts, tr["n_flow"][0, :, k], "C0", where="post", label="n(t) flow")
-        ax.step(ts, tr["n_train"][0, :, k], "C3--", where="post", label="n(t) training")
-        ax.set_xlabel("t")
-        ax.set_ylabel("truncated points")
+        ax.step(ts, tr["n_flow"][0, :, k], "C0", where="post", label="n_k(t), flow")
+        ax.step(ts, tr["n_train"][0, :, k], "k--", where="post", lw=1.0, label="n_k(t), training")
+        ax.set_xlabel(TIME, fontsize=8)
+        ax.set_ylabel(f"truncated points [count of N = {tr['u'].shape[1]}]", fontsize=8)
+        ax.set_ylim(-0.02 * tr["u"].shape[1], 1.02 * tr["u"].shape[1])
+        ax.yaxis.set_major_locator(MaxNLocator(integer=True))
         twin = ax.twinx()
-        twin.plot(ts, tr["kappa_flow"][0, :, k], "C2:", label="κ = Γ n / N")
-        twin.set_ylabel("predicted rate κ")
-        ax.set_title(f"coordinate {k}", fontsize=9)
-    axes[0, 0].legend(loc="upper left", fontsize=7)
-    fig.suptitle(f"Truncated counts and the predicted exponential rate (seed {int(metrics['seed'][0])})")
-    return fig, "truncation.png"
+        twin.plot(ts, tr["kappa_flow"][0, :, k], "C2:", label="κ_k = Γ n_k / N (right axis)")
+        twin.set_ylabel("predicted rate κ_k [1 / flow time]", fontsize=8)
+        ax.set_title(f"frame coordinate {k}", fontsize=9)
+    handles = sum((list(a.get_legend_handles_labels()[0]) for a in (axes[0, 0], fig.axes[-1])), [])
+    labels = sum((list(a.get_legend_handles_labels()[1]) for a in (axes[0, 0], fig.axes[-1])), [])
+    fig.legend(handles, labels, loc="outside lower center", ncols=3, fontsize=8)
+    title, colour = _seed_title(metrics, 0)
+    fig.suptitle(
+        f"Truncated counts and the predicted exponential rate ({title})"
+        + _selection(tr["u"].shape[-1], "coordinates"),
+        fontsize=10,
+        color=colour,
+    )
+    return fig
 
 
-def _plane(plt, config, metrics, tr):
+def plane_points(tr, key: str, s: int, i: int):
+    """Seed `s`'s data after the truncation of save `i`, in input space (M = 2)."""
+    star = tr[key][s, i].max(axis=0)
+    return np.maximum(tr["u"][s], star[None]) @ tr["frame"][s]
+
+
+def _plane_limits(tr, s):
+    every = np.concatenate([tr["u"][s] @ tr["frame"][s], tr["targets"][s]])
+    low, high = every.min(axis=0), every.max(axis=0)
+    margin = 0.06 * (high - low).max()
+    return low - margin, high + margin
+
+
+def _draw_plane(ax, plt, tr, s, i):
+    labels = tr["labels"][s]
+    colours = _colours(plt, labels)
+    flow = plane_points(tr, "thresholds_flow", s, i)
+    train = plane_points(tr, "thresholds_train", s, i)
+    ax.scatter(
+        flow[:, 0],
+        flow[:, 1],
+        s=22,
+        facecolors="none",
+        edgecolors=colours[labels],
+        lw=1.0,
+        label="effective flow",
+    )
+    ax.scatter(train[:, 0], train[:, 1], s=12, marker="x", c=colours[labels], lw=0.8, label="training")
+    targets = tr["targets"][s]
+    ax.scatter(
+        targets[:, 0],
+        targets[:, 1],
+        marker="*",
+        s=150,
+        c=colours[: len(targets)],
+        edgecolors="k",
+        label="class targets",
+    )
+    for q in range(len(targets)):  # a collapsed class is one dot: say how many points it holds
+        members = flow[labels == q]
+        if len(members) > 1 and np.ptp(members, axis=0).max() < 1e-9:
+            ax.annotate(
+                f"{len(members)} points",
+                members[0],
+                xytext=(6, -10),
+                textcoords="offset points",
+                fontsize=7,
+                color=colours[q],
+            )
+    low, high = _plane_limits(tr, s)
+    ax.set_xlim(low[0], high[0])
+    ax.set_ylim(low[1], high[1])
+    ax.set_aspect("equal")
+    ax.xaxis.set_major_locator(MaxNLocator(nbins=3))
+    ax.set_xlabel(f"x₁ {LEVEL}", fontsize=8)
+    ax.set_ylabel(f"x₂ {LEVEL}", fontsize=8)
+
+
+def _plane(plt, metrics, tr):
     ts = tr["ts"][0]
     picks = np.unique(np.linspace(0, len(ts) - 1, 4).round().astype(int))
-    frame, u, labels = tr["frame"][0], tr["u"][0], tr["labels"][0]
-    colours = _class_colours(plt, int(labels.max()) + 1)
+    low, high = _plane_limits(tr, 0)
+    aspect = (high[1] - low[1]) / (high[0] - low[0])  # equal axes: panel width follows the data
+    height = 3.6
+    width = float(np.clip(height / aspect, 1.8, 5.5))
     fig, axes = plt.subplots(
-        1, len(picks), figsize=(3.6 * len(picks), 3.6), sharex=True, sharey=True, constrained_layout=True
+        1, len(picks), figsize=(width * len(picks) + 0.6, height + 1.2), layout="constrained"
     )
     for ax, i in zip(np.atleast_1d(axes), picks):
-        for name, marker, key in (("flow", "o", "thresholds_flow"), ("training", "x", "thresholds_train")):
-            star = tr[key][0, i].max(axis=0)
-            points = np.maximum(u, star[None]) @ frame
-            ax.scatter(
-                points[:, 0],
-                points[:, 1],
-                c=colours[labels],
-                marker=marker,
-                s=18,
-                alpha=0.8 if marker == "o" else 0.5,
-                label=name,
-            )
-        ax.scatter(
-            tr["targets"][0][:, 0],
-            tr["targets"][0][:, 1],
-            c=colours[: len(tr["targets"][0])],
-            marker="*",
-            s=160,
-            edgecolors="k",
-            label="targets",
-        )
+        _draw_plane(ax, plt, tr, 0, i)
         ax.set_title(f"t = {ts[i]:.2f}", fontsize=9)
-        ax.set_aspect("equal", adjustable="box")
-    every = np.concatenate([u @ frame, tr["targets"][0]])
-    low, high = every.min(axis=0) - 0.3, every.max(axis=0) + 0.3
-    for ax in np.atleast_1d(axes):
-        ax.set_xlim(low[0], high[0])
-        ax.set_ylim(low[1], high[1])
-    np.atleast_1d(axes)[0].legend(fontsize=7)
-    fig.suptitle("The data seen in the last layer, in input space: truncation and collapse")
-    return fig, "plane.png"
+    handles, labels = np.atleast_1d(axes)[0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="outside lower center", ncols=3, fontsize=8)
+    title, colour = _seed_title(metrics, 0)
+    fig.suptitle(
+        f"The data as the last layer sees it, in input space ({title}): truncation and collapse",
+        fontsize=10,
+        color=colour,
+    )
+    return fig
+
+
+def animate_plane(tr, metrics, path: str, frames: int = 40) -> None:
+    """A GIF of seed 0's data truncating in input space (M = 2), flow and training."""
+    import matplotlib.pyplot as plt
+    from matplotlib.animation import FuncAnimation, PillowWriter
+
+    ts = tr["ts"][0]
+    picks = np.unique(np.linspace(0, len(ts) - 1, min(frames, len(ts))).round().astype(int))
+    low, high = _plane_limits(tr, 0)
+    width = float(np.clip(4.2 * (high[0] - low[0]) / (high[1] - low[1]), 2.6, 6.0))
+    fig, ax = plt.subplots(figsize=(width + 0.8, 5.0), layout="constrained")
+    title, _ = _seed_title(metrics, 0)
+
+    def draw(i):
+        ax.clear()
+        _draw_plane(ax, plt, tr, 0, picks[i])
+        ax.set_title(
+            f"{title}: data in input space, t = {ts[picks[i]]:.2f}\n(○ flow, × training, ★ targets)",
+            fontsize=8,
+        )
+
+    animation = FuncAnimation(fig, draw, frames=len(picks))
+    animation.save(path, writer=PillowWriter(fps=8))
+    plt.close(fig)

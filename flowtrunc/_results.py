@@ -11,6 +11,7 @@ class RESULTS(enum.IntEnum):
     solver_failed = 2
     nonfinite_state = 3
     diverged = 4
+    unstable = 5
 
 
 MESSAGES = {
@@ -20,6 +21,8 @@ MESSAGES = {
     "collapse); raise `max_steps` or loosen `rtol`/`atol`",
     RESULTS.nonfinite_state: "the state became NaN or inf; check the network and data of this seed",
     RESULTS.diverged: "training diverged (NaN, inf or exploding cost); lower the learning rate",
+    RESULTS.unstable: "the learning rate exceeds the stability bound 2/λ_max of gradient descent at "
+    "the start; lower it below the bound",
 }
 
 

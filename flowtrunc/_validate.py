@@ -40,6 +40,18 @@ def check_positive_int(name: str, value) -> None:
         raise ValueError(f"`{name}` must be a positive int, got {value!r}.")
 
 
+def check_prng_key(name: str, key) -> None:
+    """Rejects anything but a JAX PRNG key (typed, or a legacy uint32 pair)."""
+    dtype = getattr(key, "dtype", None)
+    typed = dtype is not None and jax.dtypes.issubdtype(dtype, jax.dtypes.prng_key)
+    legacy = dtype == jnp.uint32 and getattr(key, "shape", None) == (2,)
+    if not (typed or legacy):
+        raise ValueError(
+            f"`{name}` must be a JAX PRNG key, e.g. jax.random.key({key!r}) for a seed; got "
+            f"{type(key).__name__} {key!r}."
+        )
+
+
 def check_finite(name: str, array) -> None:
     """Rejects NaN and inf in a concrete array."""
     if is_concrete(array):

@@ -13,30 +13,10 @@ import pytest
 from flowtrunc._cli import main
 from flowtrunc._compare import CompareConfig, compare
 from flowtrunc._output import run_compare
+from flowtrunc._summary import DESCRIPTIONS
 
 TINY = dict(seeds=8, points=12, clusters=2, t1=1.0, lr=0.02, saves=10, chunk_size=4, keep=2)
-SUMMARY_KEYS = {
-    "seeds",
-    "ok_seeds",
-    "flow_failures",
-    "training_divergences",
-    "lr",
-    "t1",
-    "mode",
-    "freeze_weights",
-    "seeds_with_collapse_flow",
-    "seeds_with_collapse_train",
-    "collapse_time_flow",
-    "threshold_error",
-    "cost_error",
-    "truncation_agreement",
-    "crossing_time_error",
-    "num_events",
-    "unmatched_crossings",
-    "extra_crossings",
-    "collapse_time_error",
-    "drift",
-}
+SUMMARY_KEYS = set(DESCRIPTIONS)
 
 
 def _metrics(out_dir):
@@ -58,17 +38,18 @@ def test_cli_end_to_end(tmp_path, capsys):
     files = set(os.listdir(out))
     assert {"config.json", "summary.json", "seeds.npz", "trajectories.npz", "figures", "chunks"} <= files
     assert sorted(os.listdir(out / "figures")) == sorted(
-        ["thresholds.png", "cost.png", "errors.png", "truncation.png", "plane.png"]
+        ["thresholds.png", "cost.png", "errors.png", "truncation.png", "plane.png", "truncation.gif"]
     )
     summary = json.loads((out / "summary.json").read_text())
     assert set(summary) == SUMMARY_KEYS
     assert summary["seeds"] == 8 and summary["mode"] == "unconstrained"
     assert summary["drift"]["q50"] > 1e-4  # unconstrained training drifts
     saved = json.loads((out / "config.json").read_text())
+    assert saved.pop("provenance")["versions"]["jax"] == __import__("jax").__version__
     assert saved == CompareConfig.from_dict({**TINY, "mode": "unconstrained"}).to_dict()
     metrics = _metrics(out)
     assert list(metrics["seed"]) == list(range(8))
-    assert "seeds ok" in capsys.readouterr().out
+    assert "8 of 8 seeds ok" in capsys.readouterr().out
     os.remove(out / "figures" / "cost.png")
     assert main(["report", str(out)]) == 0 and os.path.isfile(out / "figures" / "cost.png")
 
@@ -78,7 +59,7 @@ def test_resume_after_interruption_gives_identical_results(tmp_path):
     whole, part = str(tmp_path / "whole"), str(tmp_path / "part")
     assert run_compare(config, whole, progress=False)
     assert not run_compare(config, part, max_chunks=1, progress=False)
-    assert os.listdir(os.path.join(part, "chunks")) == ["chunk_00000.npz"]
+    assert os.listdir(os.path.join(part, "chunks")) == ["seeds_00000000-00000004.npz"]
     assert not os.path.exists(os.path.join(part, "seeds.npz"))
     assert run_compare(config, part, resume=True, progress=False)
     _assert_same(_metrics(whole), _metrics(part))
@@ -121,23 +102,25 @@ def test_results_identical_on_one_and_four_devices(tmp_path):
 
 @pytest.mark.slow
 def test_killed_process_resumes_to_identical_results(tmp_path):
+    settings = {**TINY, "seeds": 64}  # 16 chunks: the kill lands mid-run
     config = tmp_path / "c.json"
-    config.write_text(json.dumps({**TINY, "seeds": 16}))
+    config.write_text(json.dumps(settings))
     out = tmp_path / "killed"
     process = _cli(["compare", "--out", str(out), "--config", str(config)])
     deadline = time.time() + 300
-    while not (out / "chunks" / "chunk_00000.npz").exists():
+    while not (out / "chunks" / "seeds_00000000-00000004.npz").exists():
         assert time.time() < deadline and process.poll() is None
-        time.sleep(0.2)
+        time.sleep(0.02)
     process.send_signal(signal.SIGKILL)
     process.wait()
-    done = len(os.listdir(out / "chunks"))
-    assert 1 <= done < 4 and not (out / "seeds.npz").exists()
+    done = len([name for name in os.listdir(out / "chunks") if name.endswith(".npz")])
+    assert 1 <= done < 16 and not (out / "seeds.npz").exists()
+    assert (out / ".lock").exists()  # left by the killed process, taken over on resume
     resumed = _cli(["compare", "--out", str(out), "--config", str(config), "--resume"])
     _, err = resumed.communicate(timeout=600)
     assert resumed.returncode == 0, err
     reference = tmp_path / "reference"
-    assert run_compare(CompareConfig(**{**TINY, "seeds": 16}), str(reference), progress=False)
+    assert run_compare(CompareConfig(**settings), str(reference), progress=False)
     _assert_same(_metrics(out), _metrics(reference))
 
 

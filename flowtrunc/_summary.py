@@ -1,0 +1,128 @@
+"""`summary.json` of a comparison run: quantiles, counts, failures with their fixes, the
+worst seeds, and a description of every key."""
+
+import numpy as np
+
+from ._config import CompareConfig
+from ._results import MESSAGES, RESULTS
+
+QUANTILES = (0.0, 0.1, 0.5, 0.9, 1.0)
+
+# metric -> (description, which end is worst)
+METRICS = {
+    "threshold_error": ("max over saves, layers, coordinates of |θ_train − θ_flow| / max|θ_flow|", "max"),
+    "cost_error": ("max over saves of |C_train − C_flow| / C_flow(0)", "max"),
+    "truncation_agreement": ("fraction of saves where every coordinate's truncated count agrees", "min"),
+    "crossing_time_error": (
+        "max |t_train − t_flow| over data coordinates θ* crosses by t1 [flow time]",
+        "max",
+    ),
+    "num_events": ("events of the whole effective flow (t in [0, ∞))", None),
+    "unmatched_crossings": ("crossings of the flow by t1 that training does not make by t1", "max"),
+    "extra_crossings": ("crossings training makes that the flow does not make by t1", "max"),
+    "collapse_time_error": ("max |collapse time train − flow| over classes both collapse [flow time]", "max"),
+    "drift": ("max distance of the trained weights from the adapted family (0 when adapted)", None),
+    "stability_bound": ("2/λ_max of gradient descent at the start [flow time]; lr above it fails", "min"),
+}
+
+DESCRIPTIONS = {
+    "seeds": "seeds in the run",
+    "ok_seeds": "seeds where the flow succeeded and training neither diverged nor was unstable",
+    "flow_failures": "seeds whose effective flow failed (see `failures`)",
+    "training_divergences": "seeds whose training diverged or exceeded the stability bound",
+    "failures": "per failing part and result code: seeds, what happened, and the fix",
+    "lr": "gradient-descent step [flow time]",
+    "t1": "final time [flow time]",
+    "mode": "training mode (adapted or unconstrained)",
+    "freeze_weights": "biases only were trained",
+    "seeds_with_collapse_flow": "ok seeds where the flow collapses at least one class by t1 (count)",
+    "seeds_with_collapse_train": "ok seeds where training collapses at least one class by t1 (count)",
+    "seeds_collapsed_at_start": "ok seeds with a class already collapsed at t = 0 (not counted above)",
+    "collapse_time_flow": "quantiles of the flow's collapse times over collapsing classes [flow time]",
+    "worst": "per metric, the worst value over ok seeds and the seed it came from",
+    "wall_time_s": "seconds spent computing the chunks (all sessions of a resumed run; no figures)",
+    "data_sha256": "sha256 of the data file (null: the built-in staircase scenario)",
+    "versions": "versions of flowtrunc, JAX and Python at the run's start",
+    "descriptions": "this table",
+    **{name: f"quantiles q0..q100 over ok seeds of: {text}" for name, (text, _) in METRICS.items()},
+}
+
+
+def quantiles(values) -> dict | None:
+    values = np.asarray(values, np.float64)
+    values = values[np.isfinite(values)]
+    if values.size == 0:
+        return None
+    return {f"q{int(q * 100)}": float(np.quantile(values, q)) for q in QUANTILES}
+
+
+def ok_seeds(metrics: dict) -> np.ndarray:
+    return (metrics["flow_result"] == 0) & (metrics["train_result"] == 0)
+
+
+def failure_fix(part: str, code: int, config: CompareConfig, bound: dict | None, data_std) -> str:
+    """What to change when `part` ("flow" or "training") fails with `code`."""
+    standardise = ""
+    if data_std is not None and not 1e-2 <= data_std <= 1e2:
+        standardise = (
+            f"; the data's features have standard deviation up to {data_std:.3g}: standardise "
+            "them (subtract the mean, divide by the standard deviation)"
+        )
+    if code in (RESULTS.unstable, RESULTS.diverged):
+        below = f" below {bound['q10']:.3g} (the bound of 90% of seeds)" if bound else ""
+        return f"lower --lr (now {config.lr}){below}{standardise}"
+    if code in (RESULTS.solver_failed, RESULTS.max_segments_reached):
+        return f"raise --max-steps (now {config.max_steps}) or loosen --rtol/--atol{standardise}"
+    return f"check the data for NaN/inf or extreme scales{standardise}"
+
+
+def summarise(metrics: dict, config: CompareConfig, origin: dict | None = None, seconds=None) -> dict:
+    """Quantiles across ok seeds of every scalar metric, counts, failures and worst seeds."""
+    origin = origin or {}
+    ok = ok_seeds(metrics)
+    bound = quantiles(metrics["stability_bound"]) if "stability_bound" in metrics else None
+    failures = []
+    for part, key in (("flow", "flow_result"), ("training", "train_result")):
+        codes, counts = np.unique(metrics[key][metrics[key] != 0], return_counts=True)
+        for code, count in zip(codes.tolist(), counts.tolist()):
+            failures.append(
+                dict(
+                    part=part,
+                    code=RESULTS(code).name,
+                    seeds=count,
+                    what=MESSAGES[RESULTS(code)].split(";")[0],
+                    fix=failure_fix(part, code, config, bound, origin.get("data_std")),
+                )
+            )
+    worst = {}
+    for name, (_, end) in METRICS.items():
+        values = np.where(ok, metrics[name], np.nan).astype(np.float64)
+        if end is None or not np.isfinite(values).any():
+            continue
+        index = int(np.nanargmax(values) if end == "max" else np.nanargmin(values))
+        worst[name] = {"value": float(values[index]), "seed": int(metrics["seed"][index])}
+    flow_times = metrics["collapse_time_flow"][ok]
+    summary = {
+        "seeds": int(len(metrics["seed"])),
+        "ok_seeds": int(ok.sum()),
+        "flow_failures": int(np.sum(metrics["flow_result"] != 0)),
+        "training_divergences": int(np.sum(metrics["train_result"] != 0)),
+        "failures": failures,
+        "lr": config.lr,
+        "t1": config.t1,
+        "mode": config.mode,
+        "freeze_weights": config.freeze_weights,
+        "seeds_with_collapse_flow": int(np.sum(metrics["collapsed_flow"][ok] > 0)),
+        "seeds_with_collapse_train": int(np.sum(metrics["collapsed_train"][ok] > 0)),
+        "seeds_collapsed_at_start": int(np.sum(metrics["collapsed_at_start"][ok] > 0)),
+        "collapse_time_flow": quantiles(flow_times.ravel()),
+        "worst": worst,
+        "wall_time_s": None if seconds is None else round(float(seconds), 3),
+        "data_sha256": origin.get("data_sha256"),
+        "versions": origin.get("versions"),
+    }
+    for name in METRICS:
+        summary[name] = quantiles(metrics[name][ok])
+    summary["descriptions"] = {}
+    summary["descriptions"] = {key: DESCRIPTIONS[key] for key in summary}
+    return summary
