@@ -297,7 +297,7 @@ class Progress:
             eta = (self.total - done) * self.steady_seconds / self.steady_seeds
             rate = f", ETA {eta:6.1f} s"
         else:
-            rate = f", first chunk (with compilation) in {seconds:.1f} s" if first else ""
+            rate = f", first chunk (incl. compiling) in {seconds:.1f} s" if first else ""
         self._write(f"[{'#' * filled}{'.' * (width - filled)}] {done}/{self.total} seeds{rate}")
         if done == self.total:
             self._write("", end="\n")

@@ -164,7 +164,7 @@ def _thresholds(plt, metrics, tr):
             top.tick_params(labelbottom=False)
             bottom.plot(ts, train - flow, "C3", lw=1.0)
             bottom.axhline(0.0, color="grey", lw=0.5)
-            bottom.set_ylabel("train − flow", fontsize=8)
+            bottom.set_ylabel("train − flow [input units]", fontsize=8)
             bottom.set_xlabel(TIME, fontsize=8)
     handles, labels = fig.axes[0].get_legend_handles_labels()
     fig.legend(handles, labels, loc="outside lower center", ncols=3, fontsize=8)

@@ -304,7 +304,7 @@ def test_progress_shows_compilation_then_an_eta(tmp_path, capsys):
     assert run_compare(CompareConfig(**TINY), str(tmp_path / "run"), progress=True)
     err = capsys.readouterr().err
     assert "compiling the comparison program" in err
-    assert "first chunk (with compilation) in" in err and "8/8 seeds, ETA" in err
+    assert "first chunk (incl. compiling) in" in err and "8/8 seeds, ETA" in err
 
 
 def test_summary_json_describes_every_key_and_the_console_shows_worst_seeds(reference, capsys):
@@ -345,7 +345,7 @@ def test_figures_have_units_residuals_and_every_coordinate(reference):
     # thresholds: 2 seeds × 2 coordinates, each an overlay and a residual panel
     thresholds = drawn["thresholds.png"]
     assert len(thresholds.axes) == 2 * 2 * 2
-    assert sum(ax.get_ylabel() == "train − flow" for ax in thresholds.axes) == 4
+    assert sum(ax.get_ylabel() == "train − flow [input units]" for ax in thresholds.axes) == 4
     overlay = thresholds.axes[0]
     assert len(overlay.lines) >= 12 + 2  # one line per data coordinate, plus flow and training
     assert overlay.lines[0].get_xdata()[0] == 0 and overlay.lines[0].get_xdata()[-1] == 1  # across the axis
@@ -382,3 +382,15 @@ def test_figures_on_four_dimensional_data_and_failures(tmp_path):
     notice = dict(figures(config, metrics, trajectories, summary))["errors.png"]
     assert "0 of 8 seeds succeeded" in notice.get_suptitle()
     assert "No seed succeeded" in notice.axes[0].texts[0].get_text()
+
+
+def test_one_compiled_program_serves_every_chunk(tmp_path, monkeypatch):
+    """Chunks 3, 3, 1 (a short last chunk) and the trajectories of the first: one trace."""
+    import flowtrunc._compare as compare_module
+
+    traces = []
+    original = compare_module.compare_seed
+    monkeypatch.setattr(compare_module, "compare_seed", lambda *a, **k: traces.append(1) or original(*a, **k))
+    config = CompareConfig(**{**TINY, "seeds": 7, "chunk_size": 3})
+    assert run_compare(config, str(tmp_path / "run"), progress=False)
+    assert len(traces) == 1
