@@ -1,5 +1,6 @@
 import jax
 import pytest
+from helpers import TINY
 
 jax.config.update("jax_enable_x64", True)
 jax.config.update("jax_numpy_rank_promotion", "raise")
@@ -22,3 +23,15 @@ def _release_compiled_programs():
     pytest process (CI runs the whole suite in one) from accumulating them."""
     yield
     jax.clear_caches()
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory):
+    """One finished run of the TINY comparison, shared (read-only) by every test that
+    needs a reference run, instead of each computing its own."""
+    from flowtrunc._compare import CompareConfig
+    from flowtrunc._output import run_compare
+
+    out = str(tmp_path_factory.mktemp("tiny") / "run")
+    assert run_compare(CompareConfig(**TINY), out, progress=False)
+    return out

@@ -78,3 +78,7 @@ def fd_error_bound(f, *, h, noise):
     fine, coarse = central(h), central(2 * h)
     truncation = abs(coarse - fine) / 3
     return fine, 2 * (truncation + noise / h)
+
+
+# the small comparison the run-level tests use (seconds per run once compiled)
+TINY = dict(seeds=8, points=12, clusters=2, t1=1.0, lr=0.02, saves=10, chunk_size=4, keep=2)

@@ -9,13 +9,13 @@ import time
 
 import numpy as np
 import pytest
+from helpers import TINY
 
 from flowtrunc._cli import main
 from flowtrunc._compare import CompareConfig, compare
 from flowtrunc._output import run_compare
 from flowtrunc._summary import DESCRIPTIONS
 
-TINY = dict(seeds=8, points=12, clusters=2, t1=1.0, lr=0.02, saves=10, chunk_size=4, keep=2)
 SUMMARY_KEYS = set(DESCRIPTIONS)
 
 
@@ -54,10 +54,9 @@ def test_cli_end_to_end(tmp_path, capsys):
     assert main(["report", str(out)]) == 0 and os.path.isfile(out / "figures" / "cost.png")
 
 
-def test_resume_after_interruption_gives_identical_results(tmp_path):
+def test_resume_after_interruption_gives_identical_results(tmp_path, tiny_run):
     config = CompareConfig(**TINY)
-    whole, part = str(tmp_path / "whole"), str(tmp_path / "part")
-    assert run_compare(config, whole, progress=False)
+    whole, part = tiny_run, str(tmp_path / "part")
     assert not run_compare(config, part, max_chunks=1, progress=False)
     assert os.listdir(os.path.join(part, "chunks")) == ["seeds_00000000-00000004.npz"]
     assert not os.path.exists(os.path.join(part, "seeds.npz"))

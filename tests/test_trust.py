@@ -9,6 +9,7 @@ import re
 import jax
 import numpy as np
 import pytest
+from helpers import TINY
 
 import flowtrunc as ft
 from flowtrunc import _output
@@ -17,8 +18,6 @@ from flowtrunc._compare import CompareConfig, compare, seed_problem
 from flowtrunc._output import pending_chunks, run_compare
 from flowtrunc._report import figures, load_run
 from flowtrunc._summary import DESCRIPTIONS
-
-TINY = dict(seeds=8, points=12, clusters=2, t1=1.0, lr=0.02, saves=10, chunk_size=4, keep=2)
 
 
 def _metrics(out_dir):
@@ -38,12 +37,9 @@ def _config_file(tmp_path, **values):
     return str(path)
 
 
-@pytest.fixture(scope="module")
-def reference(tmp_path_factory):
-    """One finished TINY run, shared by the tests that read a run."""
-    out = str(tmp_path_factory.mktemp("reference") / "run")
-    assert run_compare(CompareConfig(**TINY), out, progress=False)
-    return out
+@pytest.fixture
+def reference(tiny_run):
+    return tiny_run
 
 
 # ---------------------------------------------------------------- nothing lost
