@@ -159,6 +159,7 @@ def compare_seed(seed, config: CompareConfig, user_data: Dataset | None = None):
         threshold_error=jnp.max(jnp.abs(run.thresholds - flow.thresholds)) / theta_scale,
         cost_error=jnp.max(jnp.abs(run.cost - flow.cost)) / flow.cost[0],
         truncation_agreement=jnp.mean(jnp.all(run.n_truncated == flow.n_truncated, axis=1)),
+        final_sets_agree=jnp.all((u <= star_flow[-1][None]) == (u <= star_train[-1][None])),
         num_events=flow.num_events,
         crossings=jnp.sum(in_window),
         unmatched_crossings=jnp.sum(in_window & ~matched),
