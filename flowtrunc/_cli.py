@@ -144,7 +144,7 @@ def _report(args) -> int:
 
 
 def _sweep(args) -> int:
-    from ._sweep import DEFAULT_GRID, DEFAULT_SEEDS, parse_grid, run_sweep
+    from ._sweep import DEFAULT_GRID, SWEEP_DEFAULTS, parse_grid, run_sweep
 
     items = list(args.grid or [])
     if args.config is not None:
@@ -156,7 +156,7 @@ def _sweep(args) -> int:
             for k, vs in section.items()
         ] + items
     grid = parse_grid(items) if items else DEFAULT_GRID
-    base = resolve_config(args, defaults={"seeds": DEFAULT_SEEDS})
+    base = resolve_config(args, defaults=SWEEP_DEFAULTS)
     import jax
 
     jax.config.update("jax_enable_x64", base.precision == 64)
@@ -306,7 +306,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Runs `compare` at every point of the product of the --grid values and writes "
         "table.csv (one row per point: settings, counts, quantiles of every metric), figures/ "
         "and points/NNNN/ (each point's full run) to --out. Without --grid: the built-in sweep "
-        "lr = 0.02, 0.01 × separation = 1.0, 2.5 with 256 seeds per point (a few minutes on 2 "
+        "lr = 0.02, 0.01 × separation = 1.0, 2.5 with 256 seeds and 50 saves per point (a few minutes on 2 "
         "CPU cores). Other settings as for compare (defaults, --config, flags); a `sweep` object "
         "in the --config file maps keys to lists of values.",
     )
@@ -321,6 +321,9 @@ def build_parser() -> argparse.ArgumentParser:
     sweep.add_argument("--resume", action="store_true", help="continue an interrupted sweep in --out")
     _add_settings(sweep)
     sweep._option_string_actions["--seeds"].help = "seeds per grid point [count] (default: 256)"
+    sweep._option_string_actions[
+        "--saves"
+    ].help = "snapshots after t = 0; must divide t1/lr [count] (default: 50)"
     sweep.set_defaults(run=_sweep)
     _add_report_and_demo(commands)
     return parser

@@ -34,7 +34,8 @@ TABLE_METRICS = ("threshold_error", "cost_error", "crossing_time_error", "trunca
 # the built-in sweep: where does the O(lr) agreement hold, and how does it depend on the
 # gap between clusters (a few minutes on 2 CPU cores)
 DEFAULT_GRID = {"lr": [0.02, 0.01], "separation": [1.0, 2.5]}
-DEFAULT_SEEDS = 256
+# settings of the built-in sweep that differ from compare's defaults
+SWEEP_DEFAULTS = {"seeds": 256, "saves": 50}
 
 
 def parse_grid(items: list[str]) -> dict[str, list]:

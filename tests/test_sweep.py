@@ -110,3 +110,10 @@ def test_grid_values_take_their_settings_types():
         "lr": [0.01],
         "freeze_weights": [True, False],
     }
+
+
+def test_the_built_in_sweep_is_valid():
+    from flowtrunc._sweep import DEFAULT_GRID, SWEEP_DEFAULTS, grid_points
+
+    points = grid_points(CompareConfig(**SWEEP_DEFAULTS), DEFAULT_GRID)
+    assert len(points) == 4 and {p.seeds for p in points} == {256}
