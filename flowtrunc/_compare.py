@@ -65,8 +65,24 @@ def _kappa(thresholds, scales, counts, num_points, train_weights):
     return jax.vmap(one)(thresholds, scales, counts)
 
 
-def seed_problem(seed, config: CompareConfig, user_data: Dataset | None):
-    """The adapted net and dataset of one seed."""
+# settings that enter only as numbers (no shape, no branch): the compiled comparison takes
+# them as arrays, so a sweep over them reuses one program
+VALUE_SETTINGS = ("spread", "separation", "jitter", "target_offset", "scale_spread", "bias_scale")
+
+
+def split_values(config: CompareConfig) -> tuple[CompareConfig, dict]:
+    """`(static config with the value settings at their defaults, {name: array})`."""
+    dtype = jnp.float64 if config.precision == 64 else jnp.float32
+    defaults = {f.name: f.default for f in dataclasses.fields(CompareConfig) if f.name in VALUE_SETTINGS}
+    values = {name: jnp.asarray(getattr(config, name), dtype) for name in VALUE_SETTINGS}
+    return dataclasses.replace(config, **defaults), values
+
+
+def seed_problem(seed, config: CompareConfig, user_data: Dataset | None, values: dict | None = None):
+    """The adapted net and dataset of one seed; `values` (from `split_values`) replace
+    the config's value settings."""
+    if values is not None:
+        config = _ValueView(config, values)
     dtype = jnp.float64 if config.precision == 64 else jnp.float32
     key_net, key_data = jax.random.split(jax.random.key(seed))
     net = AdaptedReLUNet.random(
@@ -92,9 +108,19 @@ def seed_problem(seed, config: CompareConfig, user_data: Dataset | None):
     return net, data
 
 
-def compare_seed(seed, config: CompareConfig, user_data: Dataset | None = None):
+class _ValueView:
+    """A config whose value settings are read from arrays."""
+
+    def __init__(self, config, values):
+        self._config, self._values = config, values
+
+    def __getattr__(self, name):
+        return self._values[name] if name in self._values else getattr(self._config, name)
+
+
+def compare_seed(seed, config: CompareConfig, user_data: Dataset | None = None, values: dict | None = None):
     """Runs flow and training for one seed; returns `(metrics, trajectories)` dicts."""
-    net, data = seed_problem(seed, config, user_data)
+    net, data = seed_problem(seed, config, user_data, values)
     train_weights = not config.freeze_weights
     save_every = config.steps // config.saves
     run = train(
@@ -195,11 +221,12 @@ def compare_seed(seed, config: CompareConfig, user_data: Dataset | None = None):
 
 
 @eqx.filter_jit
-def _compare_batch(seeds, config: CompareConfig, user_data):
-    """All seeds of a chunk in one vmap. `config` (a frozen dataclass) is static, so every
-    chunk of a run, and every run with the same config, reuses one compilation (the
-    trajectories are cheap next to the solves, so every chunk returns them)."""
-    return jax.vmap(lambda seed: compare_seed(seed, config, user_data))(seeds)
+def _compare_batch(seeds, config: CompareConfig, values: dict, user_data):
+    """All seeds of a chunk in one vmap. `config` (a frozen dataclass) is static and
+    `values` are arrays, so every chunk of a run, and every run or sweep point that differs
+    only in value settings, reuses one compilation (the trajectories are cheap next to
+    the solves, so every chunk returns them)."""
+    return jax.vmap(lambda seed: compare_seed(seed, config, user_data, values))(seeds)
 
 
 def seed_sharding():
@@ -221,7 +248,7 @@ def run_chunk(config: CompareConfig, user_data, seeds: np.ndarray, pad_to: int |
     host_seeds = np.concatenate([seeds, np.full(padded - len(seeds), seeds[-1])]).astype(np.int32)
     # every process holds the whole chunk and places its devices' slices (multi-host safe)
     seed_array = jax.make_array_from_callback(host_seeds.shape, sharding, lambda index: host_seeds[index])
-    outputs = _compare_batch(seed_array, config, user_data)
+    outputs = _compare_batch(seed_array, *split_values(config), user_data)
     if jax.process_count() > 1:
         from jax.experimental import multihost_utils
 

@@ -114,7 +114,7 @@ def make_clusters(
             f"`num_points` ({num_points}) must be >= `num_clusters` ({num_clusters}) so "
             "that every class has a point."
         )
-    if not spread > 0 or not separation >= 0:
+    if is_concrete(spread, separation) and (not spread > 0 or not separation >= 0):
         raise ValueError("`spread` must be > 0 and `separation` >= 0.")
     dtype = jnp.zeros((), dtype).dtype if dtype is not None else jnp.result_type(float)
     offset = jnp.broadcast_to(jnp.asarray(target_offset, dtype), (dim,))
@@ -188,7 +188,7 @@ def make_staircase(
         check_positive_int(name, value)
     if num_points < num_clusters:
         raise ValueError(f"`num_points` ({num_points}) must be >= `num_clusters` ({num_clusters}).")
-    if not spread > 0 or not separation >= 0 or not jitter >= 0:
+    if is_concrete(spread, separation, jitter) and (not spread > 0 or not separation >= 0 or not jitter >= 0):
         raise ValueError("`spread` must be > 0, `separation` and `jitter` >= 0.")
     frame = float_array("frame", frame, ndim=2)
     dtype = frame.dtype if dtype is None else jnp.zeros((), dtype).dtype

@@ -20,6 +20,7 @@ from ._validate import (
     check_prng_key,
     check_shape,
     float_array,
+    is_concrete,
 )
 
 
@@ -187,7 +188,7 @@ class AdaptedReLUNet(AbstractReLUNet):
         check_prng_key("key", key)
         check_positive_int("depth", depth)
         check_positive_int("width", width)
-        if scale_spread < 0 or bias_scale < 0:
+        if is_concrete(scale_spread, bias_scale) and (scale_spread < 0 or bias_scale < 0):
             raise ValueError("`scale_spread` and `bias_scale` must be >= 0.")
         dtype = jnp.zeros((), dtype).dtype if dtype is not None else jnp.result_type(float)
         kf, ks, kb = jax.random.split(key, 3)

@@ -117,3 +117,26 @@ def test_the_built_in_sweep_is_valid():
 
     points = grid_points(CompareConfig(**SWEEP_DEFAULTS), DEFAULT_GRID)
     assert len(points) == 4 and {p.seeds for p in points} == {256}
+
+
+def test_points_differing_only_in_values_share_one_compilation(tmp_path, monkeypatch):
+    """separation × target_offset enter as arrays: one trace for all four points, and each
+    point equals its single comparison."""
+    import jax
+
+    import flowtrunc._compare as compare_module
+
+    jax.clear_caches()  # start with nothing compiled
+    traces = []
+    original = compare_module.compare_seed
+    monkeypatch.setattr(compare_module, "compare_seed", lambda *a, **k: traces.append(1) or original(*a, **k))
+    base = CompareConfig(**{**TINY, "jitter": 0.2})
+    grid = {"separation": [1.0, 2.5], "target_offset": [0.5, 1.0]}
+    out = str(tmp_path / "run")
+    assert run_sweep(base, grid, out, progress=False)
+    assert len(traces) == 1
+    monkeypatch.undo()
+    table = read_table(out)
+    config = dataclasses.replace(base, separation=2.5, target_offset=0.5)
+    summary = summarise(compare(config)[0], config)
+    assert table["threshold_error_q50"][2] == pytest.approx(summary["threshold_error"]["q50"], rel=1e-12)
