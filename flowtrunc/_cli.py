@@ -115,6 +115,13 @@ def _print_summary(out_dir) -> int:
             f"{summary['seeds_with_collapse_train']} (training); "
             f"{summary['seeds_collapsed_at_start']} had a class collapsed already at t = 0 (counted apart)"
         )
+    if ok:
+        flow, train = summary["kinds_flow"], summary["kinds_train"]
+        print(
+            "  kinds of solution (seed × coordinate), flow / training: "
+            + ", ".join(f"{k} {flow[k]}/{train[k]}" for k in flow)
+            + f"; differ in {summary['seeds_kinds_differ']} of {ok} seeds"
+        )
     for failure in summary["failures"]:
         print(
             f"  {failure['seeds']} of {seeds} seeds: {failure['part']} {failure['what']};"
@@ -132,14 +139,19 @@ def _print_summary(out_dir) -> int:
 
 
 def _report(args) -> int:
+    from ._report import write_report
     from ._sweep import SWEEP, write_table
 
-    if os.path.isfile(os.path.join(args.dir, SWEEP)):
-        write_table(args.dir)
-        return _print_sweep(args.dir)
-    from ._report import write_report
-
-    write_report(args.dir)
+    try:
+        if os.path.isfile(os.path.join(args.dir, SWEEP)):
+            write_table(args.dir)
+            return _print_sweep(args.dir)
+        write_report(args.dir)
+    except KeyError as missing:
+        raise ValueError(
+            f"{args.dir!r} was written by another flowtrunc version (it lacks {missing}); run it "
+            "again with this version in a new --out directory."
+        ) from None
     return _print_summary(args.dir)
 
 

@@ -18,6 +18,7 @@ from ._config import CompareConfig
 from ._data import Dataset, load_npz, make_staircase
 from ._effective import at_active, gamma_column
 from ._flow import solve_effective
+from ._kinds import solution_kinds
 from ._network import AdaptedReLUNet
 from ._results import RESULTS
 from ._training import _stability_bound, train
@@ -177,8 +178,19 @@ def compare_seed(seed, config: CompareConfig, user_data: Dataset | None = None, 
     collapse_train = jnp.where(at_start, jnp.nan, _collapse_times(times, star_train, class_top))
     both = jnp.isfinite(collapse_flow) & jnp.isfinite(collapse_train)
 
+    # the kind of solution per coordinate, read the same way off both; resolution: the
+    # O(lr) gap between training and flow (lr × the largest initial velocity scale)
+    tol = 10.0 * config.lr * jnp.maximum(1.0, jnp.max(jnp.abs(u)))
+    kind_flow, switch_flow = solution_kinds(flow.thresholds, u, flow.n_truncated, tol)
+    kind_train, switch_train = solution_kinds(run.thresholds, u, run.n_truncated, tol)
+
     metrics = dict(
         seed=jnp.asarray(seed, jnp.int32),
+        kind_flow=kind_flow,
+        kind_train=kind_train,
+        switched_flow=switch_flow,
+        switched_train=switch_train,
+        kinds_agree=jnp.all((kind_flow == kind_train) & (switch_flow == switch_train)),
         flow_result=flow.result,
         train_result=train_result,
         stability_bound=bound,

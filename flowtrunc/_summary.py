@@ -4,6 +4,7 @@ worst seeds, and a description of every key."""
 import numpy as np
 
 from ._config import CompareConfig
+from ._kinds import SOLUTION_KINDS
 from ._results import MESSAGES, RESULTS
 
 QUANTILES = (0.0, 0.1, 0.5, 0.9, 1.0)
@@ -39,6 +40,10 @@ DESCRIPTIONS = {
     "seeds_with_collapse_train": "ok seeds where training collapses at least one class by t1 (count)",
     "seeds_collapsed_at_start": "ok seeds with a class already collapsed at t = 0 (not counted above)",
     "seeds_final_sets_differ": "ok seeds where flow and training end (at t1) with different truncated points",
+    "kinds_flow": "kinds of solution of the flow over [0, t1]: (ok seed, coordinate) pairs per kind, "
+    "and `switched_layer` pairs whose active layer changed",
+    "kinds_train": "the same, read off training by the same rule",
+    "seeds_kinds_differ": "ok seeds where flow and training differ in the kind of any coordinate",
     "collapse_time_flow": "quantiles of the flow's collapse times over collapsing classes [flow time]",
     "worst": "per metric, the worst value over ok seeds and the seed it came from",
     "wall_time_s": "seconds spent computing the chunks (all sessions of a resumed run; no figures)",
@@ -47,6 +52,11 @@ DESCRIPTIONS = {
     "descriptions": "this table",
     **{name: f"quantiles q0..q100 over ok seeds of: {text}" for name, (text, _) in METRICS.items()},
 }
+
+
+def _kind_counts(kinds, switched) -> dict:
+    counts = {name: int(np.sum(kinds == index)) for index, name in enumerate(SOLUTION_KINDS)}
+    return {**counts, "switched_layer": int(np.sum(switched))}
 
 
 def quantiles(values) -> dict | None:
@@ -117,6 +127,9 @@ def summarise(metrics: dict, config: CompareConfig, origin: dict | None = None, 
         "seeds_with_collapse_train": int(np.sum(metrics["collapsed_train"][ok] > 0)),
         "seeds_collapsed_at_start": int(np.sum(metrics["collapsed_at_start"][ok] > 0)),
         "seeds_final_sets_differ": int(np.sum(~metrics["final_sets_agree"][ok])),
+        "kinds_flow": _kind_counts(metrics["kind_flow"][ok], metrics["switched_flow"][ok]),
+        "kinds_train": _kind_counts(metrics["kind_train"][ok], metrics["switched_train"][ok]),
+        "seeds_kinds_differ": int(np.sum(~metrics["kinds_agree"][ok])),
         "collapse_time_flow": quantiles(flow_times.ravel()),
         "worst": worst,
         "wall_time_s": None if seconds is None else round(float(seconds), 3),

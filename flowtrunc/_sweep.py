@@ -17,6 +17,7 @@ import time
 import numpy as np
 
 from ._config import CompareConfig, setting_kind
+from ._kinds import SOLUTION_KINDS
 from ._output import (
     SUMMARY,
     OutputError,
@@ -165,6 +166,10 @@ def table_rows(out_dir: str) -> tuple[list[str], list[dict]]:
         for name in ("seeds_with_collapse_flow", "seeds_with_collapse_train", "seeds_final_sets_differ"):
             row[name] = summary[name]
             row[f"fraction_{name.removeprefix('seeds_')}"] = summary[name] / ok if ok else math.nan
+        row["fraction_kinds_differ"] = summary["seeds_kinds_differ"] / ok if ok else math.nan
+        pairs = sum(summary["kinds_flow"][k] for k in SOLUTION_KINDS)
+        for kind in (*SOLUTION_KINDS, "switched_layer"):
+            row[f"fraction_flow_{kind}"] = summary["kinds_flow"][kind] / pairs if pairs else math.nan
         for name in TABLE_METRICS:
             for q in ("q10", "q50", "q90"):
                 row[f"{name}_{q}"] = summary[name][q] if summary[name] else math.nan

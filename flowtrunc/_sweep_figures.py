@@ -17,6 +17,7 @@ FRACTIONS = (
     ("fraction_with_collapse_flow", "class collapses (flow)"),
     ("fraction_with_collapse_train", "class collapses (training)"),
     ("fraction_final_sets_differ", "flow and training end in different truncated sets"),
+    ("fraction_kinds_differ", "flow and training differ in the kind of solution"),
 )
 
 
@@ -93,7 +94,7 @@ def two_keys(plt, keys, rows):
         return values
 
     panels = [("threshold_error_q50", "median threshold error [1]", True)] + [
-        (name, f"fraction: {label} [1]", False) for name, label in (FRACTIONS[0], FRACTIONS[2])
+        (name, f"fraction: {label} [1]", False) for name, label in (FRACTIONS[0], FRACTIONS[2], FRACTIONS[3])
     ]
     fig, axes = plt.subplots(1, len(panels), figsize=(4.6 * len(panels), 3.9), layout="constrained")
     for ax, (name, label, log) in zip(axes, panels):
@@ -121,7 +122,7 @@ def two_keys(plt, keys, rows):
                 ha="center",
                 va="center",
                 fontsize=8,
-                color="white",
+                color="white" if not np.isfinite(value) or image.norm(value) < 0.6 else "black",
             )
         ax.set_xticks(range(len(second)), [str(v) for v in second])
         ax.set_yticks(range(len(first)), [str(v) for v in first])
