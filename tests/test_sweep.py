@@ -65,7 +65,7 @@ def test_one_key_figure_has_bands_units_and_log_axes(tmp_path):
             "lr": lr,
             **{
                 f"fraction_{n}": 0.5
-                for n in ("with_collapse_flow", "with_collapse_train", "final_sets_differ")
+                for n in ("with_collapse_flow", "with_collapse_train", "final_sets_differ", "kinds_differ")
             },
         }
         for name in ("threshold_error", "cost_error", "crossing_time_error", "truncation_agreement"):
