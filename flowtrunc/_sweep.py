@@ -11,6 +11,7 @@ import itertools
 import json
 import math
 import os
+import shutil
 import sys
 import time
 
@@ -134,6 +135,20 @@ def run_sweep(
         except OSError as error:
             raise OutputError(f"--out {out_dir!r} cannot be created ({error.strerror}).") from error
         write_json(os.path.join(out_dir, SWEEP), record)
+    try:
+        return _run_points(points, grid, out_dir, max_points, progress)
+    except BaseException:
+        done = [
+            name
+            for name in os.listdir(os.path.join(out_dir, "points"))
+            if os.path.isdir(os.path.join(out_dir, "points", name))
+        ]
+        if not resume and not done:
+            shutil.rmtree(out_dir, ignore_errors=True)  # a failed start leaves nothing behind
+        raise
+
+
+def _run_points(points, grid, out_dir, max_points, progress) -> bool:
     started, finished = time.perf_counter(), 0
     for index, config in enumerate(points):
         folder = os.path.join(out_dir, "points", f"{index:04d}")

@@ -140,3 +140,16 @@ def test_points_differing_only_in_values_share_one_compilation(tmp_path, monkeyp
     config = dataclasses.replace(base, separation=2.5, target_offset=0.5)
     summary = summarise(compare(config)[0], config)
     assert table["threshold_error_q50"][2] == pytest.approx(summary["threshold_error"]["q50"], rel=1e-12)
+
+
+def test_a_sweep_failing_at_its_start_leaves_nothing(tmp_path, monkeypatch):
+    import flowtrunc._sweep as sweep_module
+
+    def broken(*args, **kwargs):
+        raise ValueError("a failure in the first point")
+
+    monkeypatch.setattr(sweep_module, "run_compare", broken)
+    out = tmp_path / "run"
+    with pytest.raises(ValueError, match="first point"):
+        run_sweep(CompareConfig(**TINY), GRID, str(out), progress=False)
+    assert not out.exists()
