@@ -126,9 +126,13 @@ def _errors(plt, config, metrics, summary):
         values = metrics[name][ok].astype(np.float64)
         values = values[np.isfinite(values)]
         positive = values[values > 0]
-        if positive.size and positive.max() > 100 * positive.min() and positive.size == values.size:
-            ax.hist(values, bins=np.geomspace(positive.min(), positive.max(), 41), color="C0")
+        if positive.size > 1 and positive.max() > 100 * positive.min() and name != "truncation_agreement":
+            low = max(positive.min(), float(np.quantile(positive, 0.01)))  # round-off outliers aside
+            ax.hist(positive, bins=np.geomspace(low, positive.max(), 41), color="C0")
             ax.set_xscale("log")
+            hidden = int(np.sum(values < low))
+            if hidden:
+                ax.set_title(f"{hidden} seeds below {low:.2g} (0 included) not shown", fontsize=8)
         else:
             ax.hist(values, bins=40, color="C0")
         ax.set_xlabel(label, fontsize=8)
