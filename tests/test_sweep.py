@@ -153,3 +153,12 @@ def test_a_sweep_failing_at_its_start_leaves_nothing(tmp_path, monkeypatch):
     with pytest.raises(ValueError, match="first point"):
         run_sweep(CompareConfig(**TINY), GRID, str(out), progress=False)
     assert not out.exists()
+
+
+def test_parquet_table_equals_the_csv_when_pyarrow_is_installed(swept):
+    pq = pytest.importorskip("pyarrow.parquet")
+    parquet = pq.read_table(os.path.join(swept, "table.parquet")).to_pydict()
+    csv = read_table(swept)
+    assert list(parquet) == list(csv)
+    for name, values in csv.items():
+        np.testing.assert_array_equal(np.asarray(parquet[name], float), values, err_msg=name)
