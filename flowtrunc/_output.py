@@ -279,31 +279,39 @@ def load_metrics(out_dir: str) -> tuple[dict, float]:
 
 
 class Progress:
-    """One line on stderr: compilation as its own phase, then chunks with an ETA."""
+    """One line on stderr: compilation as its own phase, then seeds done with an ETA. One
+    instance may span several runs (a sweep's points); `label` prefixes the line."""
 
     def __init__(self, total_seeds: int, stream=None, enabled: bool = True):
         self.total, self.stream, self.enabled = total_seeds, stream or sys.stderr, enabled
+        self.done, self.label = 0, ""
         self.steady_seconds, self.steady_seeds = 0.0, 0
 
-    def compiling(self) -> None:
-        self._write("compiling the comparison program (first chunk; tens of seconds)...")
+    def skip(self, seeds: int) -> None:
+        """Counts seeds finished before (a resumed run)."""
+        self.done += seeds
 
-    def chunk_done(self, done: int, seeds: int, seconds: float, first: bool) -> None:
-        if not first:  # the first chunk includes compilation: no basis for the rate
+    def compiling(self) -> None:
+        self._write("first chunk: compiling the comparison program if its settings are new...")
+
+    def chunk_done(self, seeds: int, seconds: float, first: bool) -> None:
+        self.done += seeds
+        if not first:  # a first chunk may include compilation: no basis for the rate
             self.steady_seconds += seconds
             self.steady_seeds += seeds
-        width, filled = 30, int(30 * done / self.total)
+        width, filled = 30, int(30 * self.done / self.total)
         if self.steady_seeds:
-            eta = (self.total - done) * self.steady_seconds / self.steady_seeds
+            eta = (self.total - self.done) * self.steady_seconds / self.steady_seeds
             rate = f", ETA {eta:6.1f} s"
         else:
             rate = f", first chunk (incl. compiling) in {seconds:.1f} s" if first else ""
-        self._write(f"[{'#' * filled}{'.' * (width - filled)}] {done}/{self.total} seeds{rate}")
-        if done == self.total:
+        self._write(f"[{'#' * filled}{'.' * (width - filled)}] {self.done}/{self.total} seeds{rate}")
+        if self.done == self.total:
             self._write("", end="\n")
 
     def _write(self, text: str, end: str = "") -> None:
         if self.enabled:
+            text = f"{self.label}{text}" if text else text
             self.stream.write(f"\r{text:<79}{end}" if text else end)
             self.stream.flush()
 
@@ -314,13 +322,14 @@ def run_compare(
     *,
     resume: bool = False,
     max_chunks: int | None = None,
-    progress: bool = True,
+    progress: "bool | Progress" = True,
 ) -> bool:
     """Runs (or continues) a comparison into `out_dir`. Each finished chunk is written
     atomically; with `resume`, finished seeds are skipped (the chunk size may change).
     `max_chunks` stops after that many new chunks (a time-boxed run). Returns True when the
     run is complete (then `seeds.npz`, `summary.json` and the figures exist). A new run
-    that fails before its first chunk is written leaves no directory behind."""
+    that fails before its first chunk is written leaves no directory behind. `progress`:
+    show a progress line, or a `Progress` to continue (a sweep's one line over points)."""
     config, user_data = resolve_data(config)
     _enable_precision(config)
     created = prepare_directory(out_dir, config, resume)
@@ -339,8 +348,8 @@ def run_compare(
 def _run_chunks(config, user_data, out_dir, max_chunks, progress) -> bool:
     leader = jax.process_index() == 0
     todo = pending_chunks(config.seeds, config.chunk_size, finished_ranges(out_dir))
-    bar = Progress(config.seeds, enabled=progress and leader)
-    done = config.seeds - sum(stop - start for start, stop in todo)
+    bar = progress if isinstance(progress, Progress) else Progress(config.seeds, enabled=progress and leader)
+    bar.skip(config.seeds - sum(stop - start for start, stop in todo))
     for count, (start, stop) in enumerate(todo):
         if max_chunks is not None and count >= max_chunks:
             return False
@@ -356,8 +365,7 @@ def _run_chunks(config, user_data, out_dir, max_chunks, progress) -> bool:
                 write_atomic(os.path.join(out_dir, TRAJECTORIES), lambda p: _save_npz(p, kept))
             path = os.path.join(out_dir, "chunks", _chunk_name(start, stop))
             write_atomic(path, lambda p: _save_npz(p, {**metrics, "chunk_seconds": np.float64(seconds)}))
-        done += stop - start
-        bar.chunk_done(done, stop - start, seconds, first=count == 0)
+        bar.chunk_done(stop - start, seconds, first=count == 0)
     if leader:
         finish(out_dir)
     return True

@@ -12,8 +12,6 @@ import json
 import math
 import os
 import shutil
-import sys
-import time
 
 import numpy as np
 
@@ -22,6 +20,7 @@ from ._kinds import SOLUTION_KINDS
 from ._output import (
     SUMMARY,
     OutputError,
+    Progress,
     _check_out,
     provenance,
     run_compare,
@@ -149,19 +148,19 @@ def run_sweep(
 
 
 def _run_points(points, grid, out_dir, max_points, progress) -> bool:
-    started, finished = time.perf_counter(), 0
+    """One progress line over every point's seeds (ETA from the chunks that did not compile)."""
+    bar = Progress(sum(config.seeds for config in points), enabled=progress)
+    finished = 0
     for index, config in enumerate(points):
         folder = os.path.join(out_dir, "points", f"{index:04d}")
         if os.path.isfile(os.path.join(folder, SUMMARY)):
+            bar.skip(config.seeds)
             continue
         if max_points is not None and finished >= max_points:
             return False
-        if progress:
-            where = ", ".join(f"{k}={getattr(config, k)}" for k in grid)
-            elapsed = time.perf_counter() - started
-            eta = f", ETA {elapsed / finished * (len(points) - index):.0f} s" if finished else ""
-            print(f"sweep point {index + 1}/{len(points)} ({where}){eta}", file=sys.stderr)
-        run_compare(config, folder, resume=os.path.isdir(folder), progress=progress)
+        where = ", ".join(f"{k}={getattr(config, k)}" for k in grid)
+        bar.label = f"point {index + 1}/{len(points)} ({where}) "
+        run_compare(config, folder, resume=os.path.isdir(folder), progress=bar)
         finished += 1
     write_table(out_dir)
     return True

@@ -162,3 +162,11 @@ def test_parquet_table_equals_the_csv_when_pyarrow_is_installed(swept):
     assert list(parquet) == list(csv)
     for name, values in csv.items():
         np.testing.assert_array_equal(np.asarray(parquet[name], float), values, err_msg=name)
+
+
+def test_one_progress_line_spans_every_point(tmp_path, capsys):
+    out = str(tmp_path / "run")
+    assert run_sweep(CompareConfig(**TINY), {"separation": [1.0, 2.5]}, out, progress=True)
+    err = capsys.readouterr().err
+    assert "point 2/2 (separation=2.5)" in err and "16/16 seeds" in err
+    assert err.count("\n") == 1  # one line, redrawn in place

@@ -299,7 +299,7 @@ def test_help_documents_every_setting_with_its_default_and_version(capsys):
 def test_progress_shows_compilation_then_an_eta(tmp_path, capsys):
     assert run_compare(CompareConfig(**TINY), str(tmp_path / "run"), progress=True)
     err = capsys.readouterr().err
-    assert "compiling the comparison program" in err
+    assert "compiling the comparison program if its settings are new" in err
     assert "first chunk (incl. compiling) in" in err and "8/8 seeds, ETA" in err
 
 
