@@ -62,8 +62,60 @@ def resolve_config(args, defaults: dict | None = None) -> CompareConfig:
     return CompareConfig.from_dict(values)
 
 
+def join_processes(args) -> None:
+    """Joins a JAX multi-process run when asked: `--coordinator`, `--num-processes`,
+    `--process-id`, or `--distributed` alone (JAX detects SLURM, Open MPI and the like).
+    On CPU the processes talk through gloo."""
+    given = [args.coordinator, args.num_processes, args.process_id]
+    if not args.distributed and all(value is None for value in given):
+        return
+    if args.coordinator is not None and args.process_id not in (None, 0):
+        _wait_for_coordinator(args.coordinator, args.connect_timeout)
+    import jax
+
+    jax.config.update("jax_cpu_collectives_implementation", "gloo")
+    try:
+        jax.distributed.initialize(
+            coordinator_address=args.coordinator,
+            num_processes=args.num_processes,
+            process_id=args.process_id,
+            initialization_timeout=args.connect_timeout,
+        )
+    except Exception as error:  # JAX raises RuntimeError/ValueError/XlaRuntimeError here
+        raise ValueError(
+            f"could not join the multi-process run (coordinator {args.coordinator or 'auto-detected'}, "
+            f"waited up to {args.connect_timeout} s): {str(error).splitlines()[0][:300]}. Check "
+            "--coordinator HOST:PORT, --num-processes and --process-id, and that process 0 runs."
+        ) from None
+
+
+def _wait_for_coordinator(address: str, timeout: float) -> None:
+    """Waits until process 0's coordinator accepts connections (JAX itself aborts the
+    process with a stack trace when it cannot register in time)."""
+    import socket
+    import time
+
+    host, _, port = address.rpartition(":")
+    if not host or not port.isdigit():
+        raise ValueError(f"--coordinator {address!r} must be HOST:PORT, e.g. localhost:12345.")
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            socket.create_connection((host, int(port)), timeout=1.0).close()
+            return
+        except OSError as error:
+            if time.monotonic() > deadline:
+                raise ValueError(
+                    f"no coordinator answered at {address} within {timeout} s ({error.strerror or error}); "
+                    "start process 0 (--process-id 0) with the same --coordinator first, or raise "
+                    "--connect-timeout."
+                ) from None
+            time.sleep(0.5)
+
+
 def _compare(args) -> int:
     config = resolve_config(args)
+    join_processes(args)
     # precision must be set before JAX computes anything
     import jax
 
@@ -91,6 +143,11 @@ def _compare(args) -> int:
             file=sys.stderr,
         )
         return 130
+    if jax.process_index() != 0:
+        print(
+            f"process {jax.process_index()} done; process 0 wrote the results to {args.out}", file=sys.stderr
+        )
+        return 0
     return _print_summary(args.out)
 
 
@@ -309,6 +366,27 @@ def build_parser() -> argparse.ArgumentParser:
         "--config", help="JSON file of settings, keys as the flags below; relative paths from its folder"
     )
     compare.add_argument("--resume", action="store_true", help="continue an interrupted run in --out")
+    processes = compare.add_argument_group(
+        "multi-process runs",
+        "start one process per host (or per GPU) with the same options; seeds are "
+        "split across all processes' devices and process 0 writes every file",
+    )
+    processes.add_argument(
+        "--coordinator", metavar="HOST:PORT", help="process 0's address (default: none, one process)"
+    )
+    processes.add_argument("--num-processes", type=int, help="processes in the run (default: none)")
+    processes.add_argument("--process-id", type=int, help="this process's index, 0..N-1 (default: none)")
+    processes.add_argument(
+        "--distributed",
+        action="store_true",
+        help="join with JAX's cluster detection, e.g. under SLURM (default: off)",
+    )
+    processes.add_argument(
+        "--connect-timeout",
+        type=int,
+        default=60,
+        help="seconds to wait for the other processes (default: 60)",
+    )
     _add_settings(compare)
     compare.set_defaults(run=_compare)
 

@@ -332,22 +332,54 @@ def run_compare(
     show a progress line, or a `Progress` to continue (a sweep's one line over points)."""
     config, user_data = resolve_data(config)
     _enable_precision(config)
-    created = prepare_directory(out_dir, config, resume)
-    out_dir = os.path.abspath(out_dir)
+    if jax.process_index() != 0:  # in a multi-process run only process 0 touches the files
+        covered = _tell_others(True, None, config.seeds)
+        return _run_chunks(config, user_data, os.path.abspath(out_dir), max_chunks, False, covered)
+    started = created = False
     try:
+        created = prepare_directory(out_dir, config, resume)
+        out_dir = os.path.abspath(out_dir)
         with RunLock(out_dir):
             _remove_stray_temporaries(out_dir)
-            complete = _run_chunks(config, user_data, out_dir, max_chunks, progress)
+            covered = _tell_others(True, _covered(config.seeds, finished_ranges(out_dir)), config.seeds)
+            started = True
+            return _run_chunks(config, user_data, out_dir, max_chunks, progress, covered)
     except BaseException:
+        if not started:
+            _tell_others(False)
         if created and not finished_ranges(out_dir):
             shutil.rmtree(out_dir, ignore_errors=True)  # nothing worth keeping
         raise
-    return complete
 
 
-def _run_chunks(config, user_data, out_dir, max_chunks, progress) -> bool:
+def _covered(num_seeds: int, done: list[tuple[int, int]]) -> np.ndarray:
+    covered = np.zeros(num_seeds, bool)
+    for start, stop in done:
+        covered[start:stop] = True
+    return covered
+
+
+def _tell_others(ok: bool, covered: np.ndarray | None = None, num_seeds: int = 0):
+    """Process 0 tells the others whether the run starts and which seeds are done (so a
+    refused start stops every process instead of leaving them waiting in a collective).
+    Returns the seeds already done, as every process then sees them."""
+    if jax.process_count() == 1:
+        return covered
+    from jax.experimental import multihost_utils
+
+    status = multihost_utils.broadcast_one_to_all(np.int32(ok))
+    if not int(status):
+        if jax.process_index() == 0:
+            return covered  # process 0 raises its own error
+        raise OutputError("process 0 refused the run (see its message); nothing was computed here.")
+    mask = covered if covered is not None else np.zeros(num_seeds, bool)
+    return np.asarray(multihost_utils.broadcast_one_to_all(mask.astype(np.int8))).astype(bool)
+
+
+def _run_chunks(config, user_data, out_dir, max_chunks, progress, covered) -> bool:
     leader = jax.process_index() == 0
-    todo = pending_chunks(config.seeds, config.chunk_size, finished_ranges(out_dir))
+    done = [(int(i), int(i) + 1) for i in np.flatnonzero(covered)]
+    todo = pending_chunks(config.seeds, config.chunk_size, done)
     bar = progress if isinstance(progress, Progress) else Progress(config.seeds, enabled=progress and leader)
     bar.skip(config.seeds - sum(stop - start for start, stop in todo))
     for count, (start, stop) in enumerate(todo):
