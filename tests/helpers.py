@@ -82,3 +82,19 @@ def fd_error_bound(f, *, h, noise):
 
 # the small comparison the run-level tests use (seconds per run once compiled)
 TINY = dict(seeds=8, points=12, clusters=2, t1=1.0, lr=0.02, saves=10, chunk_size=4, keep=2)
+
+
+def cli_process(args, env_extra=None):
+    """`python -m flowtrunc._cli ARGS` as a subprocess (text pipes), with extra environment."""
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, **(env_extra or {})}
+    return subprocess.Popen(
+        [sys.executable, "-m", "flowtrunc._cli", *args],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )

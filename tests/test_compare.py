@@ -3,13 +3,12 @@
 import json
 import os
 import signal
-import subprocess
-import sys
 import time
 
 import numpy as np
 import pytest
 from helpers import TINY
+from helpers import cli_process as _cli
 
 from flowtrunc._cli import main
 from flowtrunc._compare import CompareConfig, compare
@@ -68,17 +67,6 @@ def test_results_do_not_depend_on_chunk_size(tmp_path):
     small = compare(CompareConfig(**{**TINY, "chunk_size": 4}))[0]
     large = compare(CompareConfig(**{**TINY, "chunk_size": 8}))[0]
     _assert_same(small, large, rtol=1e-12)
-
-
-def _cli(args, env_extra=None):
-    env = {**os.environ, **(env_extra or {})}
-    return subprocess.Popen(
-        [sys.executable, "-m", "flowtrunc._cli", *args],
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
 
 
 @pytest.mark.slow

@@ -3,13 +3,11 @@
 import json
 import os
 import socket
-import subprocess
-import sys
 import time
 
 import numpy as np
 import pytest
-from helpers import TINY
+from helpers import TINY, cli_process
 
 
 def _free_port() -> int:
@@ -19,15 +17,7 @@ def _free_port() -> int:
 
 
 def _cli(args):
-    env = {**os.environ, "JAX_PLATFORMS": "cpu"}
-    env.pop("XLA_FLAGS", None)
-    return subprocess.Popen(
-        [sys.executable, "-m", "flowtrunc._cli", *args],
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    return cli_process(args, {"JAX_PLATFORMS": "cpu"})
 
 
 @pytest.mark.slow
