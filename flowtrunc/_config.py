@@ -120,9 +120,8 @@ def describe_setting(name: str) -> str:
 
 def setting_kind(field) -> type:
     """The base type of a field: int, float, bool or str."""
-    kind = field.type if not isinstance(field.type, str) else eval(field.type)  # noqa: S307
-    args = [a for a in typing.get_args(kind) if a is not type(None)]
-    return args[0] if args else kind
+    args = [a for a in typing.get_args(field.type) if a is not type(None)]
+    return args[0] if args else field.type
 
 
 def _check_type(field, value) -> None:

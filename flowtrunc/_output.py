@@ -244,10 +244,11 @@ def finished_ranges(out_dir: str) -> list[tuple[int, int]]:
 def pending_chunks(num_seeds: int, chunk_size: int, done: list[tuple[int, int]]) -> list[tuple[int, int]]:
     """The seed ranges still to compute, in chunks of at most `chunk_size` (the gaps
     between finished ranges, so a resume may use another chunk size)."""
-    covered = np.zeros(num_seeds, bool)
-    for start, stop in done:
-        covered[start:stop] = True
-    chunks, seed = [], 0
+    return _gaps(_covered(num_seeds, done), chunk_size)
+
+
+def _gaps(covered: np.ndarray, chunk_size: int) -> list[tuple[int, int]]:
+    chunks, seed, num_seeds = [], 0, len(covered)
     while seed < num_seeds:
         if covered[seed]:
             seed += 1
@@ -378,8 +379,7 @@ def _tell_others(ok: bool, covered: np.ndarray | None = None, num_seeds: int = 0
 
 def _run_chunks(config, user_data, out_dir, max_chunks, progress, covered) -> bool:
     leader = jax.process_index() == 0
-    done = [(int(i), int(i) + 1) for i in np.flatnonzero(covered)]
-    todo = pending_chunks(config.seeds, config.chunk_size, done)
+    todo = _gaps(covered, config.chunk_size)
     bar = progress if isinstance(progress, Progress) else Progress(config.seeds, enabled=progress and leader)
     bar.skip(config.seeds - sum(stop - start for start, stop in todo))
     for count, (start, stop) in enumerate(todo):
