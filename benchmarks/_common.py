@@ -25,6 +25,7 @@ def environment() -> dict:
         "cpu": cpu,
         "cores": os.cpu_count(),
         "devices": [str(d) for d in jax.devices()],
+        "device_kind": jax.devices()[0].device_kind,
         "python": platform.python_version(),
         "jax": jax.__version__,
         "equinox": equinox.__version__,
@@ -33,6 +34,19 @@ def environment() -> dict:
         "numpy": numpy.__version__,
         "x64": bool(jax.config.jax_enable_x64),
     }
+
+
+def copy_bandwidth() -> float:
+    """Bytes per second of a large on-device array copy (read + write), the roofline's roof."""
+    import jax.numpy as jnp
+
+    data = jnp.ones(2**26, jnp.float32)  # 256 MiB
+    copy = jax.jit(lambda a: a + 1.0)
+    jax.block_until_ready(copy(data))
+    start = time.perf_counter()
+    for _ in range(5):
+        jax.block_until_ready(copy(data))
+    return 2 * data.nbytes * 5 / (time.perf_counter() - start)
 
 
 def timed(fn, *args, repeats: int = 5):

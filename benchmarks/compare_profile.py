@@ -25,7 +25,7 @@ def main():
     import flowtrunc as ft
     from flowtrunc._compare import CompareConfig, compare_seed, seed_problem
 
-    config = CompareConfig()
+    config = CompareConfig(precision=64)
     seeds = np.arange(args.chunk)
     nets, datas = jax.vmap(lambda s: seed_problem(s, config, None))(seeds)
     save_every = config.steps // config.saves

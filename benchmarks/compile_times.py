@@ -22,7 +22,7 @@ def main():
     import flowtrunc as ft
     from flowtrunc._compare import CompareConfig, run_chunk, seed_problem
 
-    config = CompareConfig()
+    config = CompareConfig(precision=64)
     net, data = seed_problem(0, config, None)
     ts = jnp.linspace(0.0, 5.0, 101)
     entries = {

@@ -32,7 +32,7 @@ def main():
     from flowtrunc._compare import CompareConfig, seed_problem
 
     t1 = 5.0
-    config = CompareConfig(points=args.points)
+    config = CompareConfig(points=args.points, precision=64)
     nets, datas = jax.vmap(lambda s: seed_problem(s, config, None))(np.arange(args.seeds))
     ts = jnp.array([0.0, t1])
 

@@ -31,7 +31,7 @@ def main():
     ts = jnp.linspace(0.0, 5.0, 11)
     rows = []
     for points in (1_000, 10_000, 100_000):
-        config = CompareConfig(points=points)
+        config = CompareConfig(points=points, precision=64)
         nets, datas = jax.vmap(lambda s, c=config: seed_problem(s, c, None))(np.arange(args.seeds))
         methods = ("orbit", "events") if points <= 10_000 else ("orbit",)
         for method in methods:

@@ -24,7 +24,7 @@ def run_row(row: dict) -> dict:
     import flowtrunc as ft
     from flowtrunc._compare import CompareConfig, seed_problem
 
-    config = CompareConfig(points=row["points"], depth=row["depth"])
+    config = CompareConfig(points=row["points"], depth=row["depth"], precision=64)
     seeds = np.arange(row["seeds"])
     nets, datas = jax.vmap(lambda s: seed_problem(s, config, None))(seeds)
     if row["what"] == "flow":

@@ -46,19 +46,6 @@ def torch_train(frame, scales, biases, x, targets, lr, steps):
         return float(cost())
 
 
-def copy_bandwidth():
-    """Bytes per second of a large device-to-device array copy (read + write)."""
-    import jax.numpy as jnp
-
-    data = jnp.ones(2**26, jnp.float32)  # 256 MiB
-    copy = jax.jit(lambda a: a + 1.0)
-    jax.block_until_ready(copy(data))
-    start = time.perf_counter()
-    for _ in range(5):
-        jax.block_until_ready(copy(data))
-    return 2 * data.nbytes * 5 / (time.perf_counter() - start)
-
-
 def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--seeds", type=int, default=1024)
@@ -70,13 +57,13 @@ def main():
     args = parser.parse_args()
     import equinox as eqx
     import torch
-    from _common import report, timed
+    from _common import copy_bandwidth, report, timed
 
     import flowtrunc as ft
     from flowtrunc._compare import CompareConfig, seed_problem
 
     torch.set_num_threads(1)  # one seed per loop iteration; threads do not help tiny nets
-    config = CompareConfig()
+    config = CompareConfig(precision=64)
     seeds = np.arange(args.seeds)
     nets, datas = jax.vmap(lambda s: seed_problem(s, config, None))(seeds)
     run = eqx.filter_jit(

@@ -113,9 +113,38 @@ def _wait_for_coordinator(address: str, timeout: float) -> None:
             time.sleep(0.5)
 
 
+def gpu_fallback_notice(backend: str, installed: list[str]) -> str | None:
+    """One line when a GPU build of JAX (`installed`: its plugin packages) is present but
+    JAX runs on `backend` 'cpu' (no GPU visible): the run goes on, on the CPU."""
+    if backend != "cpu" or not installed:
+        return None
+    return (
+        f"flowtrunc: note: a GPU build of JAX is installed ({', '.join(installed)}) but no GPU is "
+        "visible; running on the CPU (set JAX_PLATFORMS=cpu to silence this note)."
+    )
+
+
+def _print_device_notice() -> None:
+    import importlib.metadata
+
+    import jax
+
+    if os.environ.get("JAX_PLATFORMS", "").strip().lower() == "cpu":
+        return
+    names = {dist.metadata["Name"] or "" for dist in importlib.metadata.distributions()}
+    plugins = sorted(n for n in names if n.lower().replace("_", "-").startswith(("jax-cuda", "jax-rocm")))
+    notice = gpu_fallback_notice(jax.default_backend(), plugins)
+    if notice:
+        print(notice, file=sys.stderr)
+
+
 def _compare(args) -> int:
     config = resolve_config(args)
     join_processes(args)
+    from ._output import settle_device_settings
+
+    config = settle_device_settings(config, args.out, args.resume)  # precision, chunk size
+    _print_device_notice()
     # precision must be set before JAX computes anything
     import jax
 
@@ -213,7 +242,7 @@ def _report(args) -> int:
 
 
 def _sweep(args) -> int:
-    from ._sweep import DEFAULT_GRID, SWEEP_DEFAULTS, parse_grid, run_sweep
+    from ._sweep import DEFAULT_GRID, SWEEP_DEFAULTS, parse_grid, run_sweep, settle_sweep_settings
 
     items = list(args.grid or [])
     if args.config is not None:
@@ -225,7 +254,8 @@ def _sweep(args) -> int:
             for k, vs in section.items()
         ] + items
     grid = parse_grid(items) if items else DEFAULT_GRID
-    base = resolve_config(args, defaults=SWEEP_DEFAULTS)
+    base = settle_sweep_settings(resolve_config(args, defaults=SWEEP_DEFAULTS), args.out, args.resume)
+    _print_device_notice()
     import jax
 
     jax.config.update("jax_enable_x64", base.precision == 64)

@@ -31,6 +31,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from ._ending import ASYMPTOTE
+from ._linalg import matmul
 from ._orbit import Orbit, star_rate
 
 _SHORT_PANELS = ((0.0, 1.0), (1.0, 8.0))  # every piece, 4 nodes each
@@ -90,7 +91,7 @@ def _panel(orbit, clock, piece, bounds, nodes, train_weights):
     values = (
         jax.vmap(lambda x: _inverse_rate(orbit, x, clock.layers[piece], train_weights))(s) - clock.refs[piece]
     )
-    return half * jnp.sum(jnp.asarray(w, dtype) * values), jnp.asarray(transform, dtype) @ values
+    return half * jnp.sum(jnp.asarray(w, dtype) * values), matmul(jnp.asarray(transform, dtype), values)
 
 
 def _panels(orbit, clock, piece, panels, nodes, train_weights):

@@ -19,6 +19,7 @@ from ._data import Dataset, load_npz, make_staircase
 from ._effective import at_active, gamma_column
 from ._flow import solve_effective
 from ._kinds import solution_kinds
+from ._linalg import matmul
 from ._network import AdaptedReLUNet
 from ._results import RESULTS
 from ._training import _stability_bound, train
@@ -71,9 +72,14 @@ def _kappa(thresholds, scales, counts, num_points, train_weights):
 VALUE_SETTINGS = ("spread", "separation", "jitter", "target_offset", "scale_spread", "bias_scale")
 
 
+def float_dtype(config: CompareConfig):
+    """The float type of `config.precision` (chosen from the device when unset)."""
+    return jnp.float64 if config.on_device().precision == 64 else jnp.float32
+
+
 def split_values(config: CompareConfig) -> tuple[CompareConfig, dict]:
     """`(static config with the value settings at their defaults, {name: array})`."""
-    dtype = jnp.float64 if config.precision == 64 else jnp.float32
+    dtype = float_dtype(config)
     defaults = {f.name: f.default for f in dataclasses.fields(CompareConfig) if f.name in VALUE_SETTINGS}
     values = {name: jnp.asarray(getattr(config, name), dtype) for name in VALUE_SETTINGS}
     return dataclasses.replace(config, **defaults), values
@@ -84,7 +90,7 @@ def seed_problem(seed, config: CompareConfig, user_data: Dataset | None, values:
     the config's value settings."""
     if values is not None:
         config = _ValueView(config, values)
-    dtype = jnp.float64 if config.precision == 64 else jnp.float32
+    dtype = float_dtype(config)
     key_net, key_data = jax.random.split(jax.random.key(seed))
     net = AdaptedReLUNet.random(
         key_net,
@@ -151,7 +157,7 @@ def compare_seed(seed, config: CompareConfig, user_data: Dataset | None = None, 
     theta_scale = jnp.maximum(jnp.nanmax(jnp.abs(flow.thresholds)), 1e-12)
     star_flow = jnp.max(flow.thresholds, axis=1)
     star_train = jnp.max(run.thresholds, axis=1)
-    u = data.x @ net.fixed_frame.T
+    u = matmul(data.x, net.fixed_frame.T)
 
     # crossing times, point by point: when training's θ* passes each data coordinate the
     # flow crosses by t1 (interpolated between saves), against the flow's exact time
@@ -274,13 +280,13 @@ def compare(config: CompareConfig, seeds=None, *, progress=None):
     in memory. Returns `(metrics, trajectories)`: per-seed metric arrays, and the
     trajectories of the first `config.keep` seeds. For runs that write results as they
     go and can resume, use `run_compare` (the `flowtrunc compare` command)."""
-    config, user_data = resolve_data(config)
+    config, user_data = resolve_data(config.on_device())
     seeds = np.arange(config.seeds) if seeds is None else np.asarray(seeds, np.int64)
     _enable_precision(config)
     parts, kept = [], None
     for start in range(0, len(seeds), config.chunk_size):
         chunk = seeds[start : start + config.chunk_size]
-        metrics, trajectories = run_chunk(config, user_data, chunk, pad_to=config.chunk_size)
+        metrics, trajectories = run_chunk(config, user_data, chunk, pad_to=min(config.chunk_size, config.seeds))
         parts.append(metrics)
         if start == 0:
             kept = {name: value[: config.keep] for name, value in trajectories.items()}
@@ -291,6 +297,7 @@ def compare(config: CompareConfig, seeds=None, *, progress=None):
 
 
 def _enable_precision(config: CompareConfig) -> None:
+    config = config.on_device()
     if config.precision == 64 and not jax.config.jax_enable_x64:
         jax.config.update("jax_enable_x64", True)
     if config.precision == 32 and jax.config.jax_enable_x64:

@@ -11,6 +11,15 @@ import typing
 
 from ._training import MODES
 
+# Settings that, when not given, suit the device the run is on (`CompareConfig.on_device`):
+# float64 and small chunks on a CPU; float32 (fast on every GPU) and chunks large enough to
+# fill an accelerator (measured: benchmarks/README.md, "GPU") elsewhere.
+DEVICE_DEFAULTS = {
+    "cpu": {"precision": 64, "chunk_size": 256},
+    "accelerator": {"precision": 32, "chunk_size": 4096},
+}
+DEVICE_CHOSEN = tuple(DEVICE_DEFAULTS["cpu"])
+
 
 def _setting(default, help: str, unit: str = "", choices=None):
     return dataclasses.field(default=default, metadata=dict(help=help, unit=unit, choices=choices))
@@ -26,10 +35,11 @@ class CompareConfig:
     (see `AdaptedReLUNet.random`). Dynamics: gradient descent step `lr` up to `t1`,
     `saves` snapshots after t = 0 (`t1/lr` steps must be a multiple of `saves`),
     `mode` of training, `freeze_weights` (biases only, in both flow and training),
-    `precision` 32 or 64, flow tolerances `rtol`/`atol` and step cap `max_steps`,
-    `check_stability` (seeds whose `lr` exceeds the stability bound fail). Execution:
-    `seeds` (count), `chunk_size` seeds per chunk, `keep` seeds whose trajectories are
-    saved for figures. Each field's help and unit: `describe_setting(name)`.
+    `precision` 32 or 64 (unset: from the device, see `on_device`), flow tolerances
+    `rtol`/`atol` and step cap `max_steps`, `check_stability` (seeds whose `lr` exceeds
+    the stability bound fail). Execution: `seeds` (count), `chunk_size` seeds per chunk
+    (unset: from the device), `keep` seeds whose trajectories are saved for figures.
+    Each field's help and unit: `describe_setting(name)`.
     """
 
     seeds: int = _setting(8192, "number of seeds; each draws its own adapted net (and data)", "count")
@@ -48,12 +58,12 @@ class CompareConfig:
     saves: int = _setting(100, "snapshots after t = 0; must divide t1/lr", "count")
     mode: str = _setting("adapted", "training: weights kept adapted, or unconstrained", choices=MODES)
     freeze_weights: bool = _setting(False, "train biases only (flow and training)")
-    precision: int = _setting(64, "floating-point bits", "bits", choices=(32, 64))
+    precision: int | None = _setting(None, "floating-point bits", "bits", choices=(32, 64))
     rtol: float = _setting(1e-7, "relative tolerance of the flow's ODE solver")
     atol: float = _setting(1e-9, "absolute tolerance of the flow's ODE solver", "input units")
     max_steps: int = _setting(256, "ODE solver steps allowed per orbit segment", "count")
     check_stability: bool = _setting(True, "fail seeds whose lr exceeds the stability bound 2/λ_max")
-    chunk_size: int = _setting(256, "seeds computed (and saved) together", "count")
+    chunk_size: int | None = _setting(None, "seeds computed (and saved) together", "count")
     keep: int = _setting(4, "seeds whose trajectories are saved for the figures", "count")
     data: str | None = _setting(None, ".npz file with x (N, M), labels (N,), optional targets (Q, M)")
 
@@ -61,7 +71,7 @@ class CompareConfig:
         for field in dataclasses.fields(self):
             _check_type(field, getattr(self, field.name))
         for name in ("seeds", "depth", "dim", "points", "clusters", "saves", "chunk_size", "max_steps"):
-            if getattr(self, name) < 1:
+            if getattr(self, name) is not None and getattr(self, name) < 1:
                 raise ValueError(f"`{name}` must be a positive int, got {getattr(self, name)!r}.")
         if self.keep < 0:
             raise ValueError(f"`keep` must be an int >= 0, got {self.keep!r}.")
@@ -110,12 +120,36 @@ class CompareConfig:
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
 
+    def on_device(self, saved: dict | None = None, backend: str | None = None) -> "CompareConfig":
+        """Fills the settings left unset (`None`) that depend on the device: first from
+        `saved` (the settings a resumed run began with), then from `DEVICE_DEFAULTS` for
+        `backend` (default: JAX's default backend; 'cpu' or an accelerator). In a process
+        that already runs JAX with x64 enabled, an unset precision is 64 on every device."""
+        unset = [name for name in DEVICE_CHOSEN if getattr(self, name) is None]
+        if not unset:
+            return self
+        chosen = {name: saved[name] for name in unset if saved and saved.get(name) is not None}
+        if len(chosen) < len(unset):
+            x64 = False
+            if backend is None:
+                import jax
+
+                backend, x64 = jax.default_backend(), jax.config.jax_enable_x64
+            table = DEVICE_DEFAULTS["cpu" if backend == "cpu" else "accelerator"]
+            table = {**table, "precision": 64} if x64 else table
+            chosen = {name: table[name] for name in unset} | chosen
+        return dataclasses.replace(self, **chosen)
+
 
 def describe_setting(name: str) -> str:
     """Help text of a setting: what it is, its unit and default."""
     field = {f.name: f for f in dataclasses.fields(CompareConfig)}[name]
     unit = f" [{field.metadata['unit']}]" if field.metadata["unit"] else ""
-    return f"{field.metadata['help']}{unit} (default: {field.default})"
+    default = field.default
+    if name in DEVICE_CHOSEN:
+        cpu, other = DEVICE_DEFAULTS["cpu"][name], DEVICE_DEFAULTS["accelerator"][name]
+        default = f"from the device: {cpu} on a CPU, {other} on a GPU or TPU"
+    return f"{field.metadata['help']}{unit} (default: {default})"
 
 
 def setting_kind(field) -> type:

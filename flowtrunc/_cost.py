@@ -5,6 +5,7 @@ import jax.numpy as jnp
 from ._custom_types import Array, Float
 from ._data import Dataset
 from ._input_space import input_layer, thresholds
+from ._linalg import matmul
 from ._network import AbstractReLUNet, AdaptedReLUNet
 
 
@@ -35,5 +36,5 @@ def coordinate_costs(net: AdaptedReLUNet, data: Dataset) -> Float[Array, " width
     check_data(net, data)
     theta, _ = thresholds(net)
     frame = net.fixed_frame
-    u, v = data.x @ frame.T, data.point_targets() @ frame.T
+    u, v = matmul(data.x, frame.T), matmul(data.point_targets(), frame.T)
     return 0.5 * jnp.mean((jnp.maximum(u, jnp.max(theta, axis=0)[None]) - v) ** 2, axis=0)

@@ -8,6 +8,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from ._custom_types import Array, Float, Int, PRNGKeyArray
+from ._linalg import matmul
+from ._random import standard_normal
 from ._validate import check_finite, check_positive_int, float_array, is_concrete
 
 
@@ -63,7 +65,7 @@ class Dataset(eqx.Module):
                 )
         if targets is None:
             one_hot = jax.nn.one_hot(labels, num_classes, dtype=x.dtype)
-            targets = (one_hot.T @ x) / one_hot.sum(0)[:, None]
+            targets = matmul(one_hot.T, x) / one_hot.sum(0)[:, None]
         dtype = jnp.result_type(x, targets)
         self.x = x.astype(dtype)
         self.labels = labels.astype(jnp.int32)
@@ -119,9 +121,9 @@ def make_clusters(
     dtype = jnp.zeros((), dtype).dtype if dtype is not None else jnp.result_type(float)
     offset = jnp.broadcast_to(jnp.asarray(target_offset, dtype), (dim,))
     kc, kx = jax.random.split(key)
-    centres = separation * jax.random.normal(kc, (num_clusters, dim), dtype)
+    centres = separation * standard_normal(kc, (num_clusters, dim), dtype)
     labels = jnp.arange(num_points) % num_clusters
-    x = centres[labels] + spread * jax.random.normal(kx, (num_points, dim), dtype)
+    x = centres[labels] + spread * standard_normal(kx, (num_points, dim), dtype)
     return Dataset(x=x, labels=labels, targets=centres + offset[None])
 
 
@@ -195,8 +197,8 @@ def make_staircase(
     width = frame.shape[0]
     kc, kx = jax.random.split(key)
     steps = jnp.arange(num_clusters, dtype=dtype)[:, None] * separation
-    centres = steps + jitter * jax.random.normal(kc, (num_clusters, width), dtype)
+    centres = steps + jitter * standard_normal(kc, (num_clusters, width), dtype)
     labels = jnp.arange(num_points) % num_clusters
-    u = centres[labels] + spread * jax.random.normal(kx, (num_points, width), dtype)
+    u = centres[labels] + spread * standard_normal(kx, (num_points, width), dtype)
     frame = frame.astype(dtype)
-    return Dataset(x=u @ frame, labels=labels, targets=(centres + target_offset) @ frame)
+    return Dataset(x=matmul(u, frame), labels=labels, targets=matmul(centres + target_offset, frame))

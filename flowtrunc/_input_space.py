@@ -12,6 +12,7 @@ import jax.numpy as jnp
 from jax import lax
 
 from ._custom_types import Array, Float
+from ._linalg import matmul
 from ._network import AbstractReLUNet, AdaptedReLUNet
 from ._validate import check_finite, check_invertible, float_array
 
@@ -64,7 +65,7 @@ def truncation_map(
 
 def _truncate(weights, biases, x):
     """The truncation map on a batch `(N, M)`, without validation."""
-    activated = jnp.maximum(x @ weights.T + biases[None], 0.0) - biases[None]
+    activated = jnp.maximum(matmul(x, weights.T) + biases[None], 0.0) - biases[None]
     return jnp.linalg.solve(weights, activated.T).T
 
 
@@ -126,7 +127,7 @@ def input_layer(
         theta, _ = thresholds(net)
         active = jnp.max(theta[:layer], axis=0)
         frame = net.fixed_frame
-        return (jnp.maximum(flat @ frame.T, active[None]) @ frame).reshape(x.shape)
+        return matmul(jnp.maximum(matmul(flat, frame.T), active[None]), frame).reshape(x.shape)
     w_cum, b_cum = net.cumulative()
     check_invertible("cumulative weights", w_cum[:layer])
     if method == "forward":

@@ -12,6 +12,8 @@ import jax.numpy as jnp
 from jax import lax
 
 from ._custom_types import Array, Float, PRNGKeyArray
+from ._linalg import matmul
+from ._random import standard_normal
 from ._validate import (
     check_finite,
     check_orthogonal,
@@ -53,7 +55,7 @@ class AbstractReLUNet(eqx.Module):
 
         def step(h, wb):
             weight, bias = wb
-            h = jax.nn.relu(h @ weight.T + bias[None])
+            h = jax.nn.relu(matmul(h, weight.T) + bias[None])
             return h, h
 
         flat = x.reshape(-1, self.width).astype(jnp.result_type(x, self.biases))
@@ -118,7 +120,7 @@ class ReLUNet(AbstractReLUNet):
         def step(carry, wb):
             w_cum, b_cum = carry
             weight, bias = wb
-            carry = (weight @ w_cum, weight @ b_cum + bias)
+            carry = (matmul(weight, w_cum), matmul(weight, b_cum) + bias)
             return carry, carry
 
         eye = jnp.eye(self.width, dtype=self.weights.dtype)
@@ -192,11 +194,11 @@ class AdaptedReLUNet(AbstractReLUNet):
             raise ValueError("`scale_spread` and `bias_scale` must be >= 0.")
         dtype = jnp.zeros((), dtype).dtype if dtype is not None else jnp.result_type(float)
         kf, ks, kb = jax.random.split(key, 3)
-        gauss = jax.random.normal(kf, (width, width), dtype)
+        gauss = standard_normal(kf, (width, width), dtype)
         q, r = jnp.linalg.qr(gauss)
         frame = q * jnp.where(jnp.diag(r) < 0, -1.0, 1.0).astype(dtype)[None]
-        scales = jnp.exp(scale_spread * jax.random.normal(ks, (depth, width), dtype))
-        biases = bias_scale * jax.random.normal(kb, (depth, width), dtype)
+        scales = jnp.exp(scale_spread * standard_normal(ks, (depth, width), dtype))
+        biases = bias_scale * standard_normal(kb, (depth, width), dtype)
         return cls(frame=frame, scales=scales, biases=biases)
 
     @property

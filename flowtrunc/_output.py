@@ -22,7 +22,7 @@ import jax
 import numpy as np
 
 from ._compare import _enable_precision, resolve_data, run_chunk
-from ._config import CompareConfig
+from ._config import DEVICE_CHOSEN, CompareConfig
 
 CONFIG, SEEDS, TRAJECTORIES, SUMMARY, LOCK = (
     "config.json",
@@ -330,8 +330,10 @@ def run_compare(
     `max_chunks` stops after that many new chunks (a time-boxed run). Returns True when the
     run is complete (then `seeds.npz`, `summary.json` and the figures exist). A new run
     that fails before its first chunk is written leaves no directory behind. `progress`:
-    show a progress line, or a `Progress` to continue (a sweep's one line over points)."""
-    config, user_data = resolve_data(config)
+    show a progress line, or a `Progress` to continue (a sweep's one line over points).
+    Settings left to the device (`precision`, `chunk_size` unset) keep on resume the values
+    the run began with."""
+    config, user_data = resolve_data(settle_device_settings(config, out_dir, resume))
     _enable_precision(config)
     if jax.process_index() != 0:  # in a multi-process run only process 0 touches the files
         covered = _tell_others(True, None, config.seeds)
@@ -351,6 +353,15 @@ def run_compare(
         if created and not finished_ranges(out_dir):
             shutil.rmtree(out_dir, ignore_errors=True)  # nothing worth keeping
         raise
+
+
+def settle_device_settings(config: CompareConfig, out_dir: str, resume: bool) -> CompareConfig:
+    """`config.on_device`, taking the unset settings of a resumed run from its `config.json`."""
+    saved = None
+    if resume and any(getattr(config, name) is None for name in DEVICE_CHOSEN):
+        path = os.path.join(os.path.abspath(out_dir), CONFIG)
+        saved = read_config(out_dir)[0].to_dict() if os.path.isfile(path) else None
+    return config.on_device(saved)
 
 
 def _covered(num_seeds: int, done: list[tuple[int, int]]) -> np.ndarray:
@@ -389,7 +400,7 @@ def _run_chunks(config, user_data, out_dir, max_chunks, progress, covered) -> bo
             bar.compiling()
         began = time.perf_counter()
         seeds = np.arange(start, stop)
-        metrics, trajectories = run_chunk(config, user_data, seeds, pad_to=config.chunk_size)
+        metrics, trajectories = run_chunk(config, user_data, seeds, pad_to=min(config.chunk_size, config.seeds))
         seconds = time.perf_counter() - began
         if leader:
             if start == 0 and config.keep > 0:

@@ -11,6 +11,7 @@ import jax.numpy as jnp
 
 from ._custom_types import Array, Float, Int
 from ._data import Dataset
+from ._linalg import matmul
 
 
 class CoordinateStats(eqx.Module):
@@ -27,8 +28,8 @@ class CoordinateStats(eqx.Module):
 
 
 def coordinate_stats(frame: Float[Array, "width width"], data: Dataset) -> CoordinateStats:
-    u = data.x @ frame.T
-    v = data.point_targets() @ frame.T
+    u = matmul(data.x, frame.T)
+    v = matmul(data.point_targets(), frame.T)
     order = jnp.argsort(u, axis=0)
     u_sorted = jnp.take_along_axis(u, order, axis=0)
     v_sorted = jnp.take_along_axis(v, order, axis=0)

@@ -112,6 +112,19 @@ def _check_sweep_directory(out_dir: str, record: dict, resume: bool) -> None:
         )
 
 
+def settle_sweep_settings(base: CompareConfig, out_dir: str, resume: bool) -> CompareConfig:
+    """`base.on_device`, taking the unset settings of a resumed sweep from its `sweep.json`."""
+    path = os.path.join(os.path.abspath(out_dir), SWEEP)
+    saved = None
+    if resume and os.path.isfile(path):
+        try:
+            with open(path) as f:
+                saved = json.load(f).get("base")
+        except (OSError, ValueError, AttributeError):
+            saved = None  # the directory check below names what is wrong with the file
+    return base.on_device(saved if isinstance(saved, dict) else None)
+
+
 def run_sweep(
     base: CompareConfig,
     grid: dict,
@@ -124,6 +137,7 @@ def run_sweep(
     """Runs (or continues) a comparison at every grid point into `out_dir`; returns True
     when every point is done (then the table and figures exist). `max_points` stops after
     that many newly finished points."""
+    base = settle_sweep_settings(base, out_dir, resume)
     out_dir = _check_out(out_dir)
     points = grid_points(base, grid)
     record = {"grid": grid, "base": base.to_dict(), "provenance": provenance(base)}

@@ -23,6 +23,7 @@ from jax import lax
 
 from ._cost import check_data, input_cost
 from ._data import Dataset
+from ._linalg import matmul
 from ._network import AdaptedReLUNet, ReLUNet
 from ._results import RESULTS
 from ._validate import check_positive_int, is_concrete
@@ -80,7 +81,7 @@ def truncated_counts(net, x):
 
     def step(h, wb):
         weight, bias = wb
-        pre = h @ weight.T + bias[None]
+        pre = matmul(h, weight.T) + bias[None]
         return jnp.maximum(pre, 0.0), pre <= 0
 
     _, inactive = lax.scan(step, x, (net.layer_weights(), net.biases))
@@ -90,7 +91,7 @@ def truncated_counts(net, x):
 def observe(net, data: Dataset, frame):
     """Cost, cumulative parameters, frame-read thresholds, drift, truncated counts."""
     w_cum, b_cum = net.cumulative()
-    in_frame = w_cum @ frame.T[None]
+    in_frame = matmul(w_cum, frame.T[None])
     diagonal = jnp.diagonal(in_frame, axis1=1, axis2=2)
     off = in_frame - jax.vmap(jnp.diag)(diagonal)
     drift = jnp.linalg.norm(off, axis=(1, 2)) / jnp.linalg.norm(diagonal, axis=1)
@@ -138,7 +139,7 @@ def _stability_bound(net, data, mode, iterations):
 
     start = jax.tree.map(lambda a: jnp.ones_like(a) / jnp.sqrt(a.size), params)
     v, _ = lax.scan(power, start, None, length=iterations)
-    top = jnp.abs(sum(jnp.vdot(a, b) for a, b in zip(jax.tree.leaves(v), jax.tree.leaves(hvp(v)))))
+    top = jnp.abs(sum(jnp.sum(a * b) for a, b in zip(jax.tree.leaves(v), jax.tree.leaves(hvp(v)))))
     return 2.0 / top
 
 

@@ -15,6 +15,7 @@ import flowtrunc as ft
 from flowtrunc import _output
 from flowtrunc._cli import NO_SEED_OK, build_parser, main
 from flowtrunc._compare import CompareConfig, compare, seed_problem
+from flowtrunc._config import DEVICE_CHOSEN, DEVICE_DEFAULTS
 from flowtrunc._output import pending_chunks, run_compare
 from flowtrunc._report import figures, load_run
 from flowtrunc._summary import DESCRIPTIONS
@@ -290,7 +291,11 @@ def test_help_documents_every_setting_with_its_default_and_version(capsys):
     for field in dataclasses.fields(CompareConfig):
         flag = "--" + field.name.replace("_", "-")
         assert flag in text, flag
-        assert f"(default: {field.default})" in text, field.name
+        if field.name in DEVICE_CHOSEN:
+            cpu, accelerator = DEVICE_DEFAULTS["cpu"][field.name], DEVICE_DEFAULTS["accelerator"][field.name]
+            assert f"(default: from the device: {cpu} on a CPU, {accelerator} on a GPU or TPU)" in text
+        else:
+            assert f"(default: {field.default})" in text, field.name
     with pytest.raises(SystemExit):
         main(["--version"])
     assert capsys.readouterr().out.strip() == f"flowtrunc {ft.__version__}"
