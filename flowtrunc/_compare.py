@@ -262,7 +262,8 @@ def run_chunk(config: CompareConfig, user_data, seeds: np.ndarray, pad_to: int |
     """
     sharding = seed_sharding()
     devices = sharding.mesh.size
-    padded = math.ceil(max(len(seeds), pad_to or 0) / devices) * devices
+    pad_to = min(pad_to or 0, config.seeds)  # a run smaller than a chunk is not padded up
+    padded = math.ceil(max(len(seeds), pad_to) / devices) * devices
     host_seeds = np.concatenate([seeds, np.full(padded - len(seeds), seeds[-1])]).astype(np.int32)
     # every process holds the whole chunk and places its devices' slices (multi-host safe)
     seed_array = jax.make_array_from_callback(host_seeds.shape, sharding, lambda index: host_seeds[index])
@@ -286,7 +287,7 @@ def compare(config: CompareConfig, seeds=None, *, progress=None):
     parts, kept = [], None
     for start in range(0, len(seeds), config.chunk_size):
         chunk = seeds[start : start + config.chunk_size]
-        metrics, trajectories = run_chunk(config, user_data, chunk, pad_to=min(config.chunk_size, config.seeds))
+        metrics, trajectories = run_chunk(config, user_data, chunk, pad_to=config.chunk_size)
         parts.append(metrics)
         if start == 0:
             kept = {name: value[: config.keep] for name, value in trajectories.items()}

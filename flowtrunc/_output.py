@@ -400,7 +400,7 @@ def _run_chunks(config, user_data, out_dir, max_chunks, progress, covered) -> bo
             bar.compiling()
         began = time.perf_counter()
         seeds = np.arange(start, stop)
-        metrics, trajectories = run_chunk(config, user_data, seeds, pad_to=min(config.chunk_size, config.seeds))
+        metrics, trajectories = run_chunk(config, user_data, seeds, pad_to=config.chunk_size)
         seconds = time.perf_counter() - began
         if leader:
             if start == 0 and config.keep > 0:
