@@ -254,7 +254,9 @@ def _sweep(args) -> int:
             for k, vs in section.items()
         ] + items
     grid = parse_grid(items) if items else DEFAULT_GRID
-    base = settle_sweep_settings(resolve_config(args, defaults=SWEEP_DEFAULTS), args.out, args.resume)
+    base = resolve_config(args, defaults=SWEEP_DEFAULTS)
+    join_processes(args)
+    base = settle_sweep_settings(base, args.out, args.resume)
     _print_device_notice()
     import jax
 
@@ -277,6 +279,9 @@ def _sweep(args) -> int:
             file=sys.stderr,
         )
         return 130
+    if jax.process_index() != 0:
+        print(f"process {jax.process_index()} done; process 0 wrote the sweep to {args.out}", file=sys.stderr)
+        return 0
     return _print_sweep(args.out)
 
 
@@ -396,27 +401,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--config", help="JSON file of settings, keys as the flags below; relative paths from its folder"
     )
     compare.add_argument("--resume", action="store_true", help="continue an interrupted run in --out")
-    processes = compare.add_argument_group(
-        "multi-process runs",
-        "start one process per host (or per GPU) with the same options; seeds are "
-        "split across all processes' devices and process 0 writes every file",
-    )
-    processes.add_argument(
-        "--coordinator", metavar="HOST:PORT", help="process 0's address (default: none, one process)"
-    )
-    processes.add_argument("--num-processes", type=int, help="processes in the run (default: none)")
-    processes.add_argument("--process-id", type=int, help="this process's index, 0..N-1 (default: none)")
-    processes.add_argument(
-        "--distributed",
-        action="store_true",
-        help="join with JAX's cluster detection, e.g. under SLURM (default: off)",
-    )
-    processes.add_argument(
-        "--connect-timeout",
-        type=int,
-        default=60,
-        help="seconds to wait for the other processes (default: 60)",
-    )
+    _add_process_flags(compare)
     _add_settings(compare)
     compare.set_defaults(run=_compare)
 
@@ -439,6 +424,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sweep.add_argument("--config", help="JSON file of settings, and an optional `sweep` object of grids")
     sweep.add_argument("--resume", action="store_true", help="continue an interrupted sweep in --out")
+    _add_process_flags(sweep)
     _add_settings(sweep)
     sweep._option_string_actions["--seeds"].help = "seeds per grid point [count] (default: 256)"
     sweep._option_string_actions[
@@ -447,6 +433,31 @@ def build_parser() -> argparse.ArgumentParser:
     sweep.set_defaults(run=_sweep)
     _add_report_and_demo(commands)
     return parser
+
+
+def _add_process_flags(parser) -> None:
+    """`--coordinator`, `--num-processes`, `--process-id`, `--distributed`, `--connect-timeout`."""
+    processes = parser.add_argument_group(
+        "multi-process runs",
+        "start one process per host (or per GPU) with the same options; seeds are "
+        "split across all processes' devices and process 0 writes every file",
+    )
+    processes.add_argument(
+        "--coordinator", metavar="HOST:PORT", help="process 0's address (default: none, one process)"
+    )
+    processes.add_argument("--num-processes", type=int, help="processes in the run (default: none)")
+    processes.add_argument("--process-id", type=int, help="this process's index, 0..N-1 (default: none)")
+    processes.add_argument(
+        "--distributed",
+        action="store_true",
+        help="join with JAX's cluster detection, e.g. under SLURM (default: off)",
+    )
+    processes.add_argument(
+        "--connect-timeout",
+        type=int,
+        default=60,
+        help="seconds to wait for the other processes (default: 60)",
+    )
 
 
 def _add_settings(parser) -> None:

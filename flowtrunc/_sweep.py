@@ -13,6 +13,7 @@ import math
 import os
 import shutil
 
+import jax
 import numpy as np
 
 from ._config import CompareConfig, setting_kind
@@ -22,6 +23,7 @@ from ._output import (
     OutputError,
     Progress,
     _check_out,
+    _tell_others,
     provenance,
     run_compare,
     write_atomic,
@@ -136,38 +138,54 @@ def run_sweep(
 ) -> bool:
     """Runs (or continues) a comparison at every grid point into `out_dir`; returns True
     when every point is done (then the table and figures exist). `max_points` stops after
-    that many newly finished points."""
+    that many newly finished points. In a multi-process run process 0 alone checks and
+    writes the directory and tells the others which points are done; every process then
+    takes part in each remaining point (see `run_compare`)."""
     base = settle_sweep_settings(base, out_dir, resume)
-    out_dir = _check_out(out_dir)
     points = grid_points(base, grid)
-    record = {"grid": grid, "base": base.to_dict(), "provenance": provenance(base)}
-    _check_sweep_directory(out_dir, record, resume)
-    if not resume:
-        try:
-            os.makedirs(os.path.join(out_dir, "points"), exist_ok=True)
-        except OSError as error:
-            raise OutputError(f"--out {out_dir!r} cannot be created ({error.strerror}).") from error
-        write_json(os.path.join(out_dir, SWEEP), record)
+    if jax.process_index() != 0:
+        done = _tell_others(True, None, len(points))
+        return _run_points(points, grid, os.path.abspath(out_dir), max_points, False, done)
     try:
-        return _run_points(points, grid, out_dir, max_points, progress)
+        out_dir = _check_out(out_dir)
+        record = {"grid": grid, "base": base.to_dict(), "provenance": provenance(base)}
+        _check_sweep_directory(out_dir, record, resume)
+        if not resume:
+            try:
+                os.makedirs(os.path.join(out_dir, "points"), exist_ok=True)
+            except OSError as error:
+                raise OutputError(f"--out {out_dir!r} cannot be created ({error.strerror}).") from error
+            write_json(os.path.join(out_dir, SWEEP), record)
     except BaseException:
-        done = [
+        _tell_others(False)
+        raise
+    finished = [os.path.isfile(os.path.join(_point_folder(out_dir, i), SUMMARY)) for i in range(len(points))]
+    done = _tell_others(True, np.array(finished, bool), len(points))
+    try:
+        return _run_points(points, grid, out_dir, max_points, progress, done)
+    except BaseException:
+        kept = [
             name
             for name in os.listdir(os.path.join(out_dir, "points"))
             if os.path.isdir(os.path.join(out_dir, "points", name))
         ]
-        if not resume and not done:
+        if not resume and not kept:
             shutil.rmtree(out_dir, ignore_errors=True)  # a failed start leaves nothing behind
         raise
 
 
-def _run_points(points, grid, out_dir, max_points, progress) -> bool:
-    """One progress line over every point's seeds (ETA from the chunks that did not compile)."""
+def _point_folder(out_dir: str, index: int) -> str:
+    return os.path.join(out_dir, "points", f"{index:04d}")
+
+
+def _run_points(points, grid, out_dir, max_points, progress, done) -> bool:
+    """One progress line over every point's seeds (ETA from the chunks that did not compile).
+    `done`: which points were finished before (the same in every process)."""
     bar = Progress(sum(config.seeds for config in points), enabled=progress)
     finished = 0
     for index, config in enumerate(points):
-        folder = os.path.join(out_dir, "points", f"{index:04d}")
-        if os.path.isfile(os.path.join(folder, SUMMARY)):
+        folder = _point_folder(out_dir, index)
+        if done[index]:
             bar.skip(config.seeds)
             continue
         if max_points is not None and finished >= max_points:
@@ -176,7 +194,8 @@ def _run_points(points, grid, out_dir, max_points, progress) -> bool:
         bar.label = f"point {index + 1}/{len(points)} ({where}) "
         run_compare(config, folder, resume=os.path.isdir(folder), progress=bar)
         finished += 1
-    write_table(out_dir)
+    if jax.process_index() == 0:
+        write_table(out_dir)
     return True
 
 

@@ -129,3 +129,32 @@ def test_killing_one_process_then_resuming_gives_the_same_results(tmp_path):
     reference = tmp_path / "reference"
     assert run_compare(CompareConfig(**settings), str(reference), progress=False)
     _assert_same_seeds(out / "seeds.npz", reference / "seeds.npz")
+
+
+@pytest.mark.slow
+def test_a_sweep_over_two_processes_equals_one(tmp_path):
+    """`flowtrunc sweep` joins a multi-process run like `compare`: process 0 writes the
+    table, process 1 computes its share of every point."""
+    from flowtrunc._compare import CompareConfig
+    from flowtrunc._sweep import read_table, run_sweep
+
+    config = tmp_path / "c.json"
+    config.write_text(json.dumps({**TINY, "sweep": {"separation": [1.0, 2.5]}}))
+    out, port = tmp_path / "two", _free_port()
+    flags = ["--coordinator", f"localhost:{port}", "--num-processes", "2"]
+    runs = [
+        _cli(["sweep", "--out", str(out), "--config", str(config), *flags, "--process-id", str(pid)])
+        for pid in (0, 1)
+    ]
+    results = [run.communicate(timeout=600) for run in runs]
+    assert [run.returncode for run in runs] == [0, 0], results
+    assert "process 0 wrote the sweep" in results[1][1]
+    one = tmp_path / "one"
+    assert run_sweep(CompareConfig(**TINY), {"separation": [1.0, 2.5]}, str(one), progress=False)
+    two_table, one_table = read_table(str(out)), read_table(str(one))
+    assert two_table.keys() == one_table.keys()
+    for key, column in one_table.items():
+        if column.dtype.kind == "f":
+            np.testing.assert_allclose(two_table[key], column, rtol=1e-9, atol=1e-12, err_msg=key)
+        else:
+            assert list(two_table[key]) == list(column), key
