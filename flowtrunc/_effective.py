@@ -9,8 +9,10 @@ $$\dot\theta^{(\ell)} = -g\,\Gamma_{\ell\ell^*}, \quad
 
 $$\dot D^{(\ell)} = -g\,D^{(\ell)}\sum_{n=1}^{\min(\ell,\ell^*)}(\theta^{(n-1)} - \theta^*)\,d_n^{-2}.$$
 
-With weights frozen only the $(D^{(n)})^{-2}$ terms remain and $\dot D = 0$. The
-parameterisation is the direct one (gradient flow on $d_\ell$, not on $\log d_\ell$).
+With weights frozen only the $(D^{(n)})^{-2}$ terms remain and $\dot D = 0$. That is
+the *direct* parameterisation (gradient flow on $d_\ell$). Gradient flow on $\log d_\ell$
+(`parameterisation="log"`) preconditions each $d_n$-gradient by $d_n^2$, so every
+$d_n^{-2}$ factor of the d-terms becomes 1; the bias terms are unchanged.
 Derivation: docs/theory.md. References: T. Chen, arXiv:2501.07400.
 """
 
@@ -37,6 +39,29 @@ def _inverse_square_factors(scales):
     """`d_n^{-2}` from the cumulative scales `D^(n)`, shape `(L, M)`."""
     layer = scales / _previous_scales(scales)
     return layer**-2
+
+
+PARAMETERISATIONS = ("direct", "log")
+
+
+def weights_flag(train_weights: bool, parameterisation: str):
+    """The static flag the solvers carry: False (biases only), True (gradient flow on the
+    diagonal entries `d`), or "log" (gradient flow on `log d`)."""
+    if parameterisation not in PARAMETERISATIONS:
+        raise ValueError(
+            f"`parameterisation` must be 'direct' (gradient flow on d) or 'log' (on log d), "
+            f"got {parameterisation!r}."
+        )
+    if not isinstance(train_weights, bool):
+        raise ValueError(f"`train_weights` must be True or False, got {train_weights!r}.")
+    return "log" if train_weights and parameterisation == "log" else train_weights
+
+
+def d_term_factors(scales, train_weights):
+    """The factor of each d-term: `d_n^{-2}` on the direct parameterisation, 1 on log d."""
+    if train_weights == "log":
+        return jnp.ones_like(scales)
+    return _inverse_square_factors(scales)
 
 
 def _previous_scales(scales):
@@ -98,7 +123,7 @@ def gamma_column(theta, scales, active, train_weights: bool):
         prev = _previous(theta)
         theta_star = at_active(theta, active)
         cross = (prev[None] - theta[:, None]) * (prev - theta_star[None])[None]
-        terms = terms + cross * _inverse_square_factors(scales)[None]
+        terms = terms + cross * d_term_factors(scales, train_weights)[None]
     return jnp.sum(jnp.where(mask, terms, 0.0), axis=1)
 
 
@@ -110,7 +135,8 @@ def effective_velocity(theta, scales, g, active, train_weights: bool):
     depth = theta.shape[0]
     theta_star = at_active(theta, active)
     below = jnp.arange(depth)[:, None] <= active[None]
-    terms = jnp.where(below, (_previous(theta) - theta_star[None]) * _inverse_square_factors(scales), 0.0)
+    factors = d_term_factors(scales, train_weights)
+    terms = jnp.where(below, (_previous(theta) - theta_star[None]) * factors, 0.0)
     dscales = -g[None] * scales * jnp.cumsum(terms, axis=0)
     return dtheta, dscales
 
@@ -123,13 +149,17 @@ class EffectiveVelocity(NamedTuple):
     biases: Float[Array, "depth width"]
 
 
-def effective_field(net: AdaptedReLUNet, data: Dataset, *, train_weights: bool = True) -> EffectiveVelocity:
+def effective_field(
+    net: AdaptedReLUNet, data: Dataset, *, train_weights: bool = True, parameterisation: str = "direct"
+) -> EffectiveVelocity:
     r"""The effective flow's right-hand side at the state of `net`, in frame coordinates.
 
     Returns $\dot\theta^{(\ell)}$, $\dot D^{(\ell)}$ and the cumulative-bias velocity
     $\dot b^{(\ell)} = -(\dot D^{(\ell)}\theta^{(\ell)} + D^{(\ell)}\dot\theta^{(\ell)})$
     (frame coordinates: the input-space bias is unchanged, $b^{(\ell)}$ lives in layer ℓ).
-    `train_weights=False` is the bias-only flow.
+    `train_weights=False` is the bias-only flow. `parameterisation`: gradient flow on the
+    diagonal entries `d_l` ("direct", THEORY section 4) or on `log d_l` ("log"); the two
+    agree when the weights are frozen.
 
     This is the velocity of the flow that gradient descent converges to: a point exactly
     at θ* counts as truncated (ReLU' = 0 at 0), except that a falling θ* releases it at
@@ -139,6 +169,7 @@ def effective_field(net: AdaptedReLUNet, data: Dataset, *, train_weights: bool =
     """
     check_adapted(net, "effective_field")
     check_data(net, data)
+    train_weights = weights_flag(train_weights, parameterisation)
     theta, scales = thresholds(net)
     stats = coordinate_stats(net.fixed_frame, data)
     state = start_state(stats, theta)

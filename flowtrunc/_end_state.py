@@ -6,6 +6,7 @@ import jax.numpy as jnp
 
 from ._custom_types import Array, Bool, Float, Int
 from ._data import Dataset
+from ._effective import weights_flag
 from ._ending import END_KINDS as END_KINDS
 from ._flow import _prepare, solver_settings
 from ._network import AdaptedReLUNet
@@ -50,6 +51,7 @@ def end_state(
     data: Dataset,
     *,
     train_weights: bool = True,
+    parameterisation: str = "direct",
     solver=None,
     rtol: float | None = None,
     atol: float | None = None,
@@ -60,11 +62,13 @@ def end_state(
     The end level of each coordinate comes from one scan over the sorted data; the final
     thresholds and scales from the data-free orbit in θ*; the times (crossings, kinks,
     collapses) from the clock. No integration in time, so it is cheap enough for 10^5
-    seeds under `vmap`. Same rules and arguments as `solve_effective(method="orbit")`.
+    seeds under `vmap`. Same rules and arguments (`parameterisation` included) as
+    `solve_effective(method="orbit")`.
     """
+    weights = weights_flag(train_weights, parameterisation)
     stats, theta, scales, _, _, _, _ = _prepare(net, data, jnp.zeros(1), None, None, None, "end_state")
     settings = solver_settings(theta.dtype, solver, rtol, atol, max_steps, "orbit")
-    return _end_state(stats, theta, scales, data.labels, data.num_classes, bool(train_weights), *settings)
+    return _end_state(stats, theta, scales, data.labels, data.num_classes, weights, *settings)
 
 
 @eqx.filter_jit

@@ -11,7 +11,7 @@ import optimistix as optx
 
 from ._cost import check_data
 from ._data import Dataset
-from ._effective import at_active, check_adapted, effective_velocity, gamma_column
+from ._effective import at_active, check_adapted, effective_velocity, gamma_column, weights_flag
 from ._events import Discrete, first_event_distance
 from ._input_space import thresholds
 from ._network import AdaptedReLUNet
@@ -76,6 +76,7 @@ def solve_effective(
     ts,
     t1=None,
     train_weights: bool = True,
+    parameterisation: str = "direct",
     method: str = "orbit",
     solver: diffrax.AbstractAdaptiveSolver | None = None,
     rtol: float | None = None,
@@ -109,6 +110,9 @@ def solve_effective(
       (the end state).
     - `t1`: final time of the event loop (default `ts[-1]`); unused by the orbit.
     - `train_weights`: gradient flow on `(d, b)` (True) or on the biases only.
+    - `parameterisation`: gradient flow on the diagonal entries `d` (`"direct"`, the
+      default) or on `log d` (`"log"`; each `d_n^{-2}` of the d-terms becomes 1). The
+      two agree when the weights are frozen.
     - `method`: `"orbit"` or `"events"`.
     - `solver`, `rtol`, `atol`: adaptive diffrax solver (default `Tsit5`) and PID
       tolerances (orbit: 1e-10/1e-12 in float64, 1e-6/1e-7 in float32; events:
@@ -124,21 +128,20 @@ def solve_effective(
     """
     if method not in METHODS:
         raise ValueError(f"`method` must be 'orbit' or 'events', got {method!r}.")
+    weights = weights_flag(train_weights, parameterisation)
     stats, theta, scales, ts, t1, max_segments, max_events = _prepare(
         net, data, ts, t1, max_segments, max_events, "solve_effective", allow_inf=method == "orbit"
     )
     solver, rtol, atol, max_steps = solver_settings(theta.dtype, solver, rtol, atol, max_steps, method)
     if method == "orbit":
-        return _solve_orbit(
-            stats, theta, scales, ts, bool(train_weights), solver, rtol, atol, max_steps, max_events
-        )
+        return _solve_orbit(stats, theta, scales, ts, weights, solver, rtol, atol, max_steps, max_events)
     return _solve_diffrax(
         stats,
         theta,
         scales,
         ts,
         t1,
-        bool(train_weights),
+        weights,
         solver,
         rtol,
         atol,

@@ -23,6 +23,7 @@ from jax import lax
 
 from ._cost import check_data, input_cost
 from ._data import Dataset
+from ._effective import PARAMETERISATIONS
 from ._linalg import matmul
 from ._network import AdaptedReLUNet, ReLUNet
 from ._results import RESULTS
@@ -31,24 +32,38 @@ from ._validate import check_positive_int, is_concrete
 MODES = ("adapted", "unconstrained")
 
 
-def trainable_params(net: AdaptedReLUNet, mode: str):
+def trainable_params(net: AdaptedReLUNet, mode: str, parameterisation: str = "direct"):
+    """The parameters gradient descent moves: `(d, b)` or `(log d, b)` (adapted), or
+    `(W, b)` (unconstrained)."""
     if mode == "adapted":
-        return (net.scales, net.biases)
+        return (jnp.log(net.scales) if parameterisation == "log" else net.scales, net.biases)
     return (net.layer_weights(), net.biases)
 
 
-def rebuild(net: AdaptedReLUNet, mode: str, params):
+def rebuild(net: AdaptedReLUNet, mode: str, params, parameterisation: str = "direct"):
     """The network with trainable `params` and the fixed parts of `net`."""
     if mode == "adapted":
         scales, biases = params
+        scales = jnp.exp(scales) if parameterisation == "log" else scales
         return AdaptedReLUNet(frame=net.frame, scales=scales, biases=biases)
     weights, biases = params
     return ReLUNet(weights=weights, biases=biases)
 
 
-def _check_mode(mode):
+def _check_mode(mode, parameterisation: str = "direct"):
     if mode not in MODES:
         raise ValueError(f"`mode` must be 'adapted' or 'unconstrained', got {mode!r}.")
+    if parameterisation not in PARAMETERISATIONS:
+        raise ValueError(
+            f"`parameterisation` must be 'direct' (steps on d) or 'log' (steps on log d), "
+            f"got {parameterisation!r}."
+        )
+    if mode == "unconstrained" and parameterisation == "log":
+        raise ValueError(
+            "`parameterisation='log'` acts on the diagonal entries d of adapted weights; "
+            "unconstrained training moves full matrices. Use mode='adapted', or "
+            "parameterisation='direct'."
+        )
 
 
 class TrainingRun(eqx.Module):
@@ -106,26 +121,34 @@ def observe(net, data: Dataset, frame):
     )
 
 
-def stability_bound(net: AdaptedReLUNet, data: Dataset, *, mode: str = "adapted", iterations: int = 50):
+def stability_bound(
+    net: AdaptedReLUNet,
+    data: Dataset,
+    *,
+    mode: str = "adapted",
+    parameterisation: str = "direct",
+    iterations: int = 50,
+):
     r"""Largest stable gradient-descent step, `2/λ_max`, with λ_max the top eigenvalue of the
     Hessian of the cost in the trainable parameters at `net` (the fastest rate of the
-    linearised gradient flow), by power iteration on Hessian-vector products."""
-    _check_mode(mode)
+    linearised gradient flow), by power iteration on Hessian-vector products. The
+    parameters are those `train` moves (`parameterisation`: d or log d)."""
+    _check_mode(mode, parameterisation)
     check_positive_int("iterations", iterations)
     if not isinstance(net, AdaptedReLUNet):
         raise ValueError(
             f"`stability_bound` takes the AdaptedReLUNet training starts from, got {type(net).__name__}."
         )
     check_data(net, data)
-    return _stability_bound(net, data, mode, iterations)
+    return _stability_bound(net, data, mode, iterations, parameterisation)
 
 
 @eqx.filter_jit
-def _stability_bound(net, data, mode, iterations):
-    params = trainable_params(net, mode)
+def _stability_bound(net, data, mode, iterations, parameterisation="direct"):
+    params = trainable_params(net, mode, parameterisation)
 
     def cost(p):
-        return input_cost(rebuild(net, mode, p), data, method="forward")
+        return input_cost(rebuild(net, mode, p, parameterisation), data, method="forward")
 
     def hvp(v):
         return jax.jvp(jax.grad(cost), (params,), (v,))[1]
@@ -157,6 +180,7 @@ def train(
     divergence_factor: float = 1e6,
     check_stability: bool = True,
     train_weights: bool = True,
+    parameterisation: str = "direct",
 ) -> TrainingRun:
     """Trains the real network on the input-layer cost with optax, in a `lax.scan`.
 
@@ -177,10 +201,13 @@ def train(
     - `check_stability`: warn when `lr` exceeds `stability_bound` (concrete inputs only).
     - `train_weights`: False trains the biases only (the weights keep their initial,
       adapted values in either mode), the counterpart of `solve_effective`'s frozen mode.
+    - `parameterisation`: steps on the diagonal entries `d_l` (`"direct"`, THEORY section 4)
+      or on `log d_l` (`"log"`, adapted mode only; the scales then stay positive), the
+      counterparts of `solve_effective`'s.
 
     **Returns:** a `TrainingRun`. `vmap` over seeds reports divergence per seed.
     """
-    _check_mode(mode)
+    _check_mode(mode, parameterisation)
     if not isinstance(net, AdaptedReLUNet):
         raise ValueError(
             f"`train` starts from an AdaptedReLUNet (both modes), got {type(net).__name__}; "
@@ -209,7 +236,11 @@ def train(
     if not divergence_factor > 1:
         raise ValueError(f"`divergence_factor` must be > 1, got {divergence_factor!r}.")
     if check_stability and is_concrete(net.scales, net.biases, data.x):
-        bound = float(stability_bound(net, data, mode=mode if train_weights else "adapted"))
+        bound = float(
+            stability_bound(
+                net, data, mode=mode if train_weights else "adapted", parameterisation=parameterisation
+            )
+        )
         if lr > bound:
             warnings.warn(
                 f"lr = {lr} exceeds the estimated stability bound 2/λ_max = {bound:.4g} of "
@@ -232,15 +263,27 @@ def train(
         key,
         jnp.asarray(divergence_factor, dtype),
         bool(train_weights),
+        parameterisation,
     )
 
 
 @eqx.filter_jit
 def _train(
-    net, data, lr, steps, save_every, mode, optimizer, batch_size, key, divergence_factor, train_weights
+    net,
+    data,
+    lr,
+    steps,
+    save_every,
+    mode,
+    optimizer,
+    batch_size,
+    key,
+    divergence_factor,
+    train_weights,
+    parameterisation="direct",
 ):
     frame = net.fixed_frame
-    params = trainable_params(net, mode)
+    params = trainable_params(net, mode, parameterisation)
     optimizer = optax.sgd(lr) if optimizer is None else optimizer
 
     def batch_cost(p, batch_key):
@@ -249,7 +292,7 @@ def _train(
         else:
             index = jax.random.choice(batch_key, data.num_points, (batch_size,), replace=False)
             batch = Dataset(x=data.x[index], labels=data.labels[index], targets=data.targets)
-        return input_cost(rebuild(net, mode, p), batch, method="forward")
+        return input_cost(rebuild(net, mode, p, parameterisation), batch, method="forward")
 
     initial_cost = input_cost(net, data, method="forward")
 
@@ -262,7 +305,7 @@ def _train(
         new_p = optax.apply_updates(p, updates)
         finite = jnp.all(jnp.stack([jnp.all(jnp.isfinite(leaf)) for leaf in jax.tree.leaves(new_p)]))
         ok = jnp.isfinite(loss) & (loss <= divergence_factor * initial_cost) & finite
-        if mode == "adapted":  # a scale through zero leaves the adapted family
+        if mode == "adapted" and parameterisation == "direct":  # a scale through zero leaves the family
             ok = ok & jnp.all(new_p[0] > 0)
         alive = bad_step < 0
         bad_step = jnp.where(alive & ~ok, index, bad_step)
@@ -274,7 +317,7 @@ def _train(
     def save_block(carry, block_keys):
         carry, _ = lax.scan(step, carry, block_keys)
         p, _, bad_step, _ = carry
-        seen = observe(rebuild(net, mode, p), data, frame)
+        seen = observe(rebuild(net, mode, p, parameterisation), data, frame)
         blank = lambda a: jnp.where(bad_step < 0, a, jnp.nan)  # noqa: E731
         seen = {name: value if name == "n_truncated" else blank(value) for name, value in seen.items()}
         return carry, seen
@@ -291,6 +334,6 @@ def _train(
         ts=jnp.arange(num_saves + 1, dtype=dtype) * (save_every * lr),
         result=jnp.where(bad_step < 0, RESULTS.successful, RESULTS.diverged).astype(jnp.int32),
         diverged_step=bad_step,
-        net=rebuild(net, mode, final[0]),
+        net=rebuild(net, mode, final[0], parameterisation),
         **history,
     )

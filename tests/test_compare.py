@@ -45,7 +45,7 @@ def test_cli_end_to_end(tmp_path, capsys):
     assert summary["drift"]["q50"] > 1e-4  # unconstrained training drifts
     saved = json.loads((out / "config.json").read_text())
     assert saved.pop("provenance")["versions"]["jax"] == __import__("jax").__version__
-    assert saved == CompareConfig.from_dict({**TINY, "mode": "unconstrained"}).to_dict()
+    assert saved == CompareConfig.from_dict({**TINY, "mode": "unconstrained"}).on_device().to_dict()
     metrics = _metrics(out)
     assert list(metrics["seed"]) == list(range(8))
     assert "8 of 8 seeds ok" in capsys.readouterr().out

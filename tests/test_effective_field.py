@@ -10,18 +10,21 @@ from helpers import numpy_effective_rhs, problem
 import flowtrunc as ft
 
 
-def pushforward(net, data, train_weights):
+def pushforward(net, data, train_weights, parameterisation="direct"):
     """J_c(p) (-grad_p C): the autodiff gradient of the real network's input-layer cost
-    (forward pass), pushed to the cumulative parameters (thresholds, D, b)."""
+    (forward pass), pushed to the cumulative parameters (thresholds, D, b). The
+    parameters p are (d, b), or (log d, b) for the log parameterisation."""
+    as_scales = jnp.exp if parameterisation == "log" else (lambda a: a)
 
     def rebuild(params):
         scales, biases = params
-        return ft.AdaptedReLUNet(frame=net.frame, scales=scales, biases=biases)
+        return ft.AdaptedReLUNet(frame=net.frame, scales=as_scales(scales), biases=biases)
 
     def cost(params):
         return ft.input_cost(rebuild(params), data, method="forward")
 
-    grad_scales, grad_biases = jax.grad(cost)((net.scales, net.biases))
+    start = (jnp.log(net.scales) if parameterisation == "log" else net.scales, net.biases)
+    grad_scales, grad_biases = jax.grad(cost)(start)
     if not train_weights:
         grad_scales = jnp.zeros_like(grad_scales)
     tangent = (-grad_scales, -grad_biases)
@@ -32,19 +35,23 @@ def pushforward(net, data, train_weights):
         # b^(l) in frame coordinates: cumulative biases are D^(l)-scaled, frame-free
         return theta, cum_scales, cum_biases
 
-    _, velocity = jax.jvp(cumulative, ((net.scales, net.biases),), (tangent,))
+    _, velocity = jax.jvp(cumulative, (start,), (tangent,))
     return velocity
 
 
+@pytest.mark.parametrize("parameterisation", ["direct", "log"])
 @pytest.mark.parametrize("train_weights", [True, False], ids=["trained", "frozen"])
 @pytest.mark.parametrize("depth, width", [(1, 1), (2, 3), (3, 2), (4, 3)])
-def test_field_equals_autodiff_pushforward(train_weights, depth, width):
-    """THEORY section 4 check at 4 x 15 = 60 random non-degenerate states, to 1e-10."""
+def test_field_equals_autodiff_pushforward(train_weights, depth, width, parameterisation):
+    """THEORY section 4 check at 4 x 15 = 60 random non-degenerate states, to 1e-10, for
+    gradient flow on d and on log d."""
     keys = jax.random.split(jax.random.key(11 + depth), 15)
     build = lambda key: problem(key, depth=depth, width=width, num_points=20, bias_scale=0.8)  # noqa: E731
     nets, datas = eqx.filter_vmap(build)(keys)
-    field = eqx.filter_vmap(lambda n, d: ft.effective_field(n, d, train_weights=train_weights))(nets, datas)
-    expected = eqx.filter_vmap(lambda n, d: pushforward(n, d, train_weights))(nets, datas)
+    field = eqx.filter_vmap(
+        lambda n, d: ft.effective_field(n, d, train_weights=train_weights, parameterisation=parameterisation)
+    )(nets, datas)
+    expected = eqx.filter_vmap(lambda n, d: pushforward(n, d, train_weights, parameterisation))(nets, datas)
     for got, want in zip(field, expected):
         want = np.asarray(want)
         scale = 1.0 + np.max(np.abs(want), axis=(1, 2))
