@@ -16,7 +16,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from ._config import CompareConfig
 from ._data import Dataset, load_npz, make_staircase
-from ._effective import at_active, gamma_column
+from ._effective import at_active, gamma_column, weights_flag
 from ._flow import solve_effective
 from ._kinds import solution_kinds
 from ._linalg import matmul
@@ -138,6 +138,7 @@ def compare_seed(seed, config: CompareConfig, user_data: Dataset | None = None, 
         save_every=save_every,
         mode=config.mode,
         train_weights=train_weights,
+        parameterisation=config.parameterisation,
         check_stability=False,
     )
     flow = solve_effective(
@@ -145,12 +146,15 @@ def compare_seed(seed, config: CompareConfig, user_data: Dataset | None = None, 
         data,
         ts=run.ts,
         train_weights=train_weights,
+        parameterisation=config.parameterisation,
         rtol=config.rtol,
         atol=config.atol,
         max_steps=config.max_steps,
     )
     # the stability check `train` makes on concrete inputs, per seed (under vmap)
-    bound = _stability_bound(net, data, config.mode if train_weights else "adapted", 50)
+    bound = _stability_bound(
+        net, data, config.mode if train_weights else "adapted", 50, config.parameterisation
+    )
     unstable = config.check_stability & (config.lr > bound)
     train_result = jnp.where(unstable & (run.result == 0), RESULTS.unstable, run.result)
     times = run.ts
@@ -225,7 +229,13 @@ def compare_seed(seed, config: CompareConfig, user_data: Dataset | None = None, 
         cost_train=run.cost,
         n_flow=flow.n_truncated,
         n_train=run.n_truncated,
-        kappa_flow=_kappa(flow.thresholds, flow.scales, flow.n_truncated, data.num_points, train_weights),
+        kappa_flow=_kappa(
+            flow.thresholds,
+            flow.scales,
+            flow.n_truncated,
+            data.num_points,
+            weights_flag(train_weights, config.parameterisation),
+        ),
         u=u,
         labels=data.labels,
         frame=net.frame,

@@ -9,6 +9,7 @@ import math
 import os
 import typing
 
+from ._effective import PARAMETERISATIONS
 from ._training import MODES
 
 # Settings that, when not given, suit the device the run is on (`CompareConfig.on_device`):
@@ -35,6 +36,7 @@ class CompareConfig:
     (see `AdaptedReLUNet.random`). Dynamics: gradient descent step `lr` up to `t1`,
     `saves` snapshots after t = 0 (`t1/lr` steps must be a multiple of `saves`),
     `mode` of training, `freeze_weights` (biases only, in both flow and training),
+    `parameterisation` (steps and flow on d or on log d),
     `precision` 32 or 64 (unset: from the device, see `on_device`), flow tolerances
     `rtol`/`atol` and step cap `max_steps`, `check_stability` (seeds whose `lr` exceeds
     the stability bound fail). Execution: `seeds` (count), `chunk_size` seeds per chunk
@@ -58,6 +60,9 @@ class CompareConfig:
     saves: int = _setting(100, "snapshots after t = 0; must divide t1/lr", "count")
     mode: str = _setting("adapted", "training: weights kept adapted, or unconstrained", choices=MODES)
     freeze_weights: bool = _setting(False, "train biases only (flow and training)")
+    parameterisation: str = _setting(
+        "direct", "gradient steps and flow on the diagonal weights d, or on log d", choices=PARAMETERISATIONS
+    )
     precision: int | None = _setting(None, "floating-point bits", "bits", choices=(32, 64))
     rtol: float = _setting(1e-7, "relative tolerance of the flow's ODE solver")
     atol: float = _setting(1e-9, "absolute tolerance of the flow's ODE solver", "input units")
@@ -85,6 +90,11 @@ class CompareConfig:
             raise ValueError(
                 "`mode='unconstrained'` contradicts `freeze_weights`: with frozen weights the "
                 "net stays adapted. Drop one of the two."
+            )
+        if self.mode == "unconstrained" and self.parameterisation == "log":
+            raise ValueError(
+                "`parameterisation='log'` acts on the diagonal weights d of adapted training; "
+                "`mode='unconstrained'` moves full matrices. Use mode='adapted' or parameterisation='direct'."
             )
         if self.data is None and self.points < self.clusters:
             raise ValueError(f"`points` ({self.points}) must be >= `clusters` ({self.clusters}).")

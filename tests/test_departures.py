@@ -92,3 +92,22 @@ def test_bad_parameterisation_is_named(default, call, message):
     net, data = default
     with pytest.raises(ValueError, match=message):
         call(net, data)
+
+
+def test_compare_runs_the_log_parameterisation_and_records_it(tmp_path):
+    """Flow and training both on log d: first-order agreement as for d (relative threshold
+    error <= C lr; C <= 1.1 measured over 64 default seeds, bounded here by 2), and
+    `parameterisation` recorded in config.json and summary.json."""
+    import json
+
+    from helpers import TINY
+
+    from flowtrunc._compare import CompareConfig
+    from flowtrunc._output import run_compare
+
+    out = tmp_path / "log"
+    assert run_compare(CompareConfig(**{**TINY, "parameterisation": "log"}), str(out), progress=False)
+    assert json.loads((out / "config.json").read_text())["parameterisation"] == "log"
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["parameterisation"] == "log" and summary["ok_seeds"] == TINY["seeds"]
+    assert summary["threshold_error"]["q100"] < 2 * TINY["lr"], summary["threshold_error"]
