@@ -40,6 +40,9 @@ from ._network import (
 from ._network import (
     ReLUNet as ReLUNet,
 )
+from ._off_adapted import family_distance as family_distance
+from ._off_adapted import nearest_adapted as nearest_adapted
+from ._off_adapted import off_adapted as off_adapted
 from ._results import RESULTS as RESULTS
 from ._results import describe as describe
 from ._solve import EffectiveSolution as EffectiveSolution

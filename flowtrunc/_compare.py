@@ -21,6 +21,7 @@ from ._flow import solve_effective
 from ._kinds import solution_kinds
 from ._linalg import matmul
 from ._network import AdaptedReLUNet
+from ._off_adapted import family_distance, nearest_adapted, off_adapted
 from ._results import RESULTS
 from ._training import _stability_bound, train
 
@@ -128,11 +129,16 @@ class _ValueView:
 def compare_seed(seed, config: CompareConfig, user_data: Dataset | None = None, values: dict | None = None):
     """Runs flow and training for one seed; returns `(metrics, trajectories)` dicts."""
     net, data = seed_problem(seed, config, user_data, values)
+    start = None
+    if config.off_adapted > 0:  # training starts off the family, the prediction nearest to it
+        start = off_adapted(jax.random.fold_in(jax.random.key(seed), 7), net, config.off_adapted)
+        net = nearest_adapted(start)
     train_weights = not config.freeze_weights
     save_every = config.steps // config.saves
     run = train(
         net,
         data,
+        start=start,
         lr=config.lr,
         steps=config.steps,
         save_every=save_every,
@@ -220,6 +226,7 @@ def compare_seed(seed, config: CompareConfig, user_data: Dataset | None = None, 
         collapsed_at_start=jnp.sum(at_start),
         collapse_time_error=jnp.max(jnp.where(both, jnp.abs(collapse_train - collapse_flow), 0.0)),
         drift=jnp.nanmax(run.drift),
+        start_distance=jnp.max(family_distance(start, net)) if start is not None else jnp.zeros_like(bound),
     )
     trajectories = dict(
         ts=times,

@@ -36,7 +36,9 @@ class CompareConfig:
     (see `AdaptedReLUNet.random`). Dynamics: gradient descent step `lr` up to `t1`,
     `saves` snapshots after t = 0 (`t1/lr` steps must be a multiple of `saves`),
     `mode` of training, `freeze_weights` (biases only, in both flow and training),
-    `parameterisation` (steps and flow on d or on log d),
+    `parameterisation` (steps and flow on d or on log d), `off_adapted` ε (training starts
+    from the adapted net plus a perturbation of relative size ε, see `off_adapted`; the
+    flow from the adapted net nearest to that start),
     `precision` 32 or 64 (unset: from the device, see `on_device`), flow tolerances
     `rtol`/`atol` and step cap `max_steps`, `check_stability` (seeds whose `lr` exceeds
     the stability bound fail). Execution: `seeds` (count), `chunk_size` seeds per chunk
@@ -60,6 +62,9 @@ class CompareConfig:
     saves: int = _setting(100, "snapshots after t = 0; must divide t1/lr", "count")
     mode: str = _setting("adapted", "training: weights kept adapted, or unconstrained", choices=MODES)
     freeze_weights: bool = _setting(False, "train biases only (flow and training)")
+    off_adapted: float = _setting(
+        0.0, "relative size ε of a random perturbation of every start weight (unconstrained training)"
+    )
     parameterisation: str = _setting(
         "direct", "gradient steps and flow on the diagonal weights d, or on log d", choices=PARAMETERISATIONS
     )
@@ -90,6 +95,16 @@ class CompareConfig:
             raise ValueError(
                 "`mode='unconstrained'` contradicts `freeze_weights`: with frozen weights the "
                 "net stays adapted. Drop one of the two."
+            )
+        if not 0 <= self.off_adapted < 1:
+            raise ValueError(
+                f"`off_adapted` (ε, the relative size of the start perturbation) must be in [0, 1), "
+                f"got {self.off_adapted!r}; e.g. 0.05."
+            )
+        if self.off_adapted > 0 and self.mode != "unconstrained":
+            raise ValueError(
+                f"`off_adapted` = {self.off_adapted} starts training off the adapted family, which "
+                "adapted training cannot represent; add mode='unconstrained' (--mode unconstrained)."
             )
         if self.mode == "unconstrained" and self.parameterisation == "log":
             raise ValueError(

@@ -23,6 +23,11 @@ METRICS = {
     "extra_crossings": ("crossings training makes that the flow does not make by t1", "max"),
     "collapse_time_error": ("max |collapse time train − flow| over classes both collapse [flow time]", "max"),
     "drift": ("max distance of the trained weights from the adapted family (0 when adapted)", None),
+    "start_distance": (
+        "departure at the start: max over layers of ‖W_l − Ŵ_l‖_F/‖Ŵ_l‖_F from the nearest adapted net "
+        "(0 unless off_adapted > 0)",
+        None,
+    ),
     "stability_bound": ("2/λ_max of gradient descent at the start [flow time]; lr above it fails", "min"),
 }
 
@@ -36,6 +41,7 @@ DESCRIPTIONS = {
     "t1": "final time [flow time]",
     "mode": "training mode (adapted or unconstrained)",
     "freeze_weights": "biases only were trained",
+    "off_adapted": "ε: relative size of the random perturbation of the start weights",
     "parameterisation": "gradient steps and flow on the diagonal weights d (direct) or on log d (log)",
     "seeds_with_collapse_flow": "ok seeds where the flow collapses at least one class by t1 (count)",
     "seeds_with_collapse_train": "ok seeds where training collapses at least one class by t1 (count)",
@@ -124,6 +130,7 @@ def summarise(metrics: dict, config: CompareConfig, origin: dict | None = None, 
         "t1": config.t1,
         "mode": config.mode,
         "freeze_weights": config.freeze_weights,
+        "off_adapted": config.off_adapted,
         "parameterisation": config.parameterisation,
         "seeds_with_collapse_flow": int(np.sum(metrics["collapsed_flow"][ok] > 0)),
         "seeds_with_collapse_train": int(np.sum(metrics["collapsed_train"][ok] > 0)),

@@ -33,7 +33,14 @@ from ._output import (
 SWEEP, TABLE = "sweep.json", "table.csv"
 # settings that cannot vary inside one sweep (one process, one data set, one layout)
 FIXED = ("precision", "data", "chunk_size", "keep", "seeds")
-TABLE_METRICS = ("threshold_error", "cost_error", "crossing_time_error", "truncation_agreement", "drift")
+TABLE_METRICS = (
+    "threshold_error",
+    "cost_error",
+    "crossing_time_error",
+    "truncation_agreement",
+    "drift",
+    "start_distance",
+)
 # the built-in sweep: where does the O(lr) agreement hold, and how does it depend on the
 # gap between clusters (a few minutes on 2 CPU cores)
 DEFAULT_GRID = {"lr": [0.02, 0.01], "separation": [1.0, 2.5]}

@@ -181,6 +181,7 @@ def train(
     check_stability: bool = True,
     train_weights: bool = True,
     parameterisation: str = "direct",
+    start: ReLUNet | None = None,
 ) -> TrainingRun:
     """Trains the real network on the input-layer cost with optax, in a `lax.scan`.
 
@@ -204,6 +205,9 @@ def train(
     - `parameterisation`: steps on the diagonal entries `d_l` (`"direct"`, THEORY section 4)
       or on `log d_l` (`"log"`, adapted mode only; the scales then stay positive), the
       counterparts of `solve_effective`'s.
+    - `start`: unconstrained mode only, a general `ReLUNet` to start from instead of `net`
+      (e.g. `off_adapted(key, net, eps)`); `net` then supplies only the frame in which
+      thresholds, scales and drift are read (e.g. `nearest_adapted(start)`).
 
     **Returns:** a `TrainingRun`. `vmap` over seeds reports divergence per seed.
     """
@@ -214,6 +218,17 @@ def train(
             "build one with AdaptedReLUNet(frame=..., scales=..., biases=...)."
         )
     check_data(net, data)
+    if start is not None:
+        if mode != "unconstrained":
+            raise ValueError(
+                "`start` (a general network to train from) needs mode='unconstrained': adapted "
+                "training keeps the weights on the family. Pass mode='unconstrained'."
+            )
+        if not isinstance(start, ReLUNet) or start.biases.shape != net.biases.shape:
+            raise ValueError(
+                f"`start` must be a ReLUNet with the shapes of `net` (L={net.depth}, M={net.width}), "
+                f"got {type(start).__name__}."
+            )
     if not (isinstance(lr, (int, float)) and lr > 0):
         raise ValueError(f"`lr` must be a positive number, got {lr!r}.")
     check_positive_int("steps", steps)
@@ -264,6 +279,7 @@ def train(
         jnp.asarray(divergence_factor, dtype),
         bool(train_weights),
         parameterisation,
+        start,
     )
 
 
@@ -281,9 +297,12 @@ def _train(
     divergence_factor,
     train_weights,
     parameterisation="direct",
+    start=None,
 ):
     frame = net.fixed_frame
     params = trainable_params(net, mode, parameterisation)
+    if start is not None:
+        params = (start.layer_weights(), start.biases)
     optimizer = optax.sgd(lr) if optimizer is None else optimizer
 
     def batch_cost(p, batch_key):
@@ -294,7 +313,7 @@ def _train(
             batch = Dataset(x=data.x[index], labels=data.labels[index], targets=data.targets)
         return input_cost(rebuild(net, mode, p, parameterisation), batch, method="forward")
 
-    initial_cost = input_cost(net, data, method="forward")
+    initial_cost = input_cost(rebuild(net, mode, params, parameterisation), data, method="forward")
 
     def step(carry, step_key):
         p, opt_state, bad_step, index = carry
@@ -325,7 +344,7 @@ def _train(
     num_saves = steps // save_every
     keys = jax.random.split(key, steps).reshape((num_saves, save_every))
     start = (params, optimizer.init(params), jnp.array(-1, jnp.int32), jnp.array(0, jnp.int32))
-    first = observe(net if mode == "adapted" else net.to_general(), data, frame)
+    first = observe(net if mode == "adapted" else rebuild(net, mode, params), data, frame)
     final, saved = lax.scan(save_block, start, keys)
     history = jax.tree.map(lambda a, b: jnp.concatenate([a[None], b]), first, saved)
     dtype = history["cost"].dtype

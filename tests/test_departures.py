@@ -51,9 +51,10 @@ def test_log_and_direct_agree_with_frozen_weights_and_differ_when_trained(defaul
     solve = lambda p, w: ft.solve_effective(net, data, ts=ts, train_weights=w, parameterisation=p, **TIGHT)  # noqa: E731
     frozen_log, frozen_direct = solve("log", False), solve("direct", False)
     np.testing.assert_array_equal(frozen_log.thresholds, frozen_direct.thresholds)
-    train = lambda p, w: ft.train(
-        net, data, lr=0.01, steps=200, save_every=50, train_weights=w, parameterisation=p
-    )  # noqa: E731
+
+    def train(p, w):
+        return ft.train(net, data, lr=0.01, steps=200, save_every=50, train_weights=w, parameterisation=p)
+
     np.testing.assert_allclose(
         train("log", False).thresholds, train("direct", False).thresholds, rtol=1e-13, atol=1e-14
     )
@@ -111,3 +112,96 @@ def test_compare_runs_the_log_parameterisation_and_records_it(tmp_path):
     summary = json.loads((out / "summary.json").read_text())
     assert summary["parameterisation"] == "log" and summary["ok_seeds"] == TINY["seeds"]
     assert summary["threshold_error"]["q100"] < 2 * TINY["lr"], summary["threshold_error"]
+
+
+# ------------------------------------------------ starting off the adapted family
+
+
+def test_nearest_adapted_recovers_an_adapted_net_and_off_adapted_has_the_asked_size(default):
+    net, _ = default
+    back = ft.nearest_adapted(net.to_general())
+    for name in ("frame", "scales", "biases"):
+        np.testing.assert_allclose(getattr(back, name), getattr(net, name), rtol=1e-13, atol=1e-14)
+    start = ft.off_adapted(jax.random.key(3), net, 0.1)
+    gap = np.asarray(start.layer_weights() - net.layer_weights())
+    size = np.linalg.norm(gap, axis=(1, 2)) / np.linalg.norm(np.asarray(net.layer_weights()), axis=(1, 2))
+    np.testing.assert_allclose(size, 0.1, rtol=1e-12)
+    np.testing.assert_array_equal(start.biases, net.biases)
+    # the nearest adapted net is nearer than the one the perturbation started from
+    nearest = ft.nearest_adapted(start)
+    assert np.all(np.asarray(ft.family_distance(start, nearest)) <= size + 1e-12)
+
+
+def test_training_from_a_start_equals_unconstrained_training_from_it(default):
+    """`start=net.to_general()` is the unconstrained run from `net` itself, step for step."""
+    net, data = default
+    run = lambda **k: ft.train(net, data, lr=0.01, steps=100, save_every=25, mode="unconstrained", **k)  # noqa: E731
+    plain, started = run(), run(start=net.to_general())
+    np.testing.assert_allclose(started.thresholds, plain.thresholds, rtol=1e-12, atol=1e-13)
+    np.testing.assert_allclose(started.drift, plain.drift, rtol=1e-10, atol=1e-13)
+
+
+OFF = dict(seeds=16, points=12, clusters=2, t1=1.0, lr=0.02, saves=10, chunk_size=16, keep=1)
+
+
+def test_off_adapted_zero_reproduces_the_run_exactly():
+    from flowtrunc._compare import CompareConfig, compare
+
+    for mode in ("adapted", "unconstrained"):
+        base, _ = compare(CompareConfig(**{**OFF, "mode": mode}))
+        zero, _ = compare(CompareConfig(**{**OFF, "mode": mode, "off_adapted": 0.0}))
+        for key in base:
+            np.testing.assert_array_equal(zero[key], base[key], err_msg=key)
+        assert np.all(zero["start_distance"] == 0)
+
+
+@pytest.mark.slow
+def test_prediction_error_grows_with_the_departure():
+    """ε = 0, 0.1, 0.2, 0.3 on the same 64 seeds: the measured start distance grows with ε
+    (ε less the part of the perturbation the nearest adapted net absorbs), and so do the
+    medians of the prediction's threshold and cost errors (measured: threshold 0.117,
+    0.168, 0.246, 0.409; at ε = 0 the error is that of unconstrained training itself).
+    Steps of 0.1 in ε: with 16 seeds or steps of 0.05 the seed-to-seed spread hides them."""
+    from flowtrunc._compare import CompareConfig, compare
+
+    settings = {**OFF, "seeds": 64, "chunk_size": 64, "mode": "unconstrained"}
+    medians, costs, distances = [], [], []
+    for eps in (0.0, 0.1, 0.2, 0.3):
+        metrics, _ = compare(CompareConfig(**{**settings, "off_adapted": eps}))
+        assert np.all(metrics["flow_result"] == 0) and np.all(metrics["train_result"] == 0)
+        medians.append(float(np.median(metrics["threshold_error"])))
+        costs.append(float(np.median(metrics["cost_error"])))
+        distances.append(float(np.median(metrics["start_distance"])))
+        assert np.all(metrics["start_distance"] <= eps * (1 + 1e-12))
+    assert np.all(np.diff(distances) > 0), distances
+    assert np.all(np.diff(medians) > 0), medians
+    assert np.all(np.diff(costs) > 0), costs
+
+
+@pytest.mark.parametrize(
+    "settings, message",
+    [
+        ({"off_adapted": -0.1, "mode": "unconstrained"}, r"`off_adapted` \(ε"),
+        ({"off_adapted": 1.5, "mode": "unconstrained"}, r"must be in \[0, 1\)"),
+        ({"off_adapted": 0.1}, "add mode='unconstrained'"),
+        (
+            {"parameterisation": "log", "mode": "unconstrained"},
+            "Use mode='adapted' or parameterisation='direct'",
+        ),
+    ],
+)
+def test_contradictory_or_bad_departure_settings_are_refused(settings, message):
+    from flowtrunc._compare import CompareConfig
+
+    with pytest.raises(ValueError, match=message):
+        CompareConfig(**{**OFF, **settings})
+
+
+def test_bad_off_adapted_arguments(default):
+    net, data = default
+    with pytest.raises(ValueError, match="must be a finite number >= 0"):
+        ft.off_adapted(jax.random.key(0), net, -1.0)
+    with pytest.raises(ValueError, match="no adapted network is near"):
+        ft.nearest_adapted(ft.off_adapted(jax.random.key(0), net, 50.0))
+    with pytest.raises(ValueError, match="needs mode='unconstrained'"):
+        ft.train(net, data, lr=0.01, steps=1, start=net.to_general())
