@@ -43,6 +43,10 @@ from ._network import (
 from ._off_adapted import family_distance as family_distance
 from ._off_adapted import nearest_adapted as nearest_adapted
 from ._off_adapted import off_adapted as off_adapted
+from ._output_layer import OutputLayer as OutputLayer
+from ._output_layer import metric_cost as metric_cost
+from ._output_layer import output_cost as output_cost
+from ._output_layer import pulled_back as pulled_back
 from ._results import RESULTS as RESULTS
 from ._results import describe as describe
 from ._solve import EffectiveSolution as EffectiveSolution

@@ -63,7 +63,9 @@ class CompareConfig:
     mode: str = _setting("adapted", "training: weights kept adapted, or unconstrained", choices=MODES)
     freeze_weights: bool = _setting(False, "train biases only (flow and training)")
     off_adapted: float = _setting(
-        0.0, "relative size ε of a random perturbation of every start weight (unconstrained training)"
+        0.0,
+        "relative size ε of a random perturbation of every start weight (unconstrained training)",
+        "relative Frobenius size",
     )
     parameterisation: str = _setting(
         "direct", "gradient steps and flow on the diagonal weights d, or on log d", choices=PARAMETERISATIONS

@@ -205,3 +205,57 @@ def test_bad_off_adapted_arguments(default):
         ft.nearest_adapted(ft.off_adapted(jax.random.key(0), net, 50.0))
     with pytest.raises(ValueError, match="needs mode='unconstrained'"):
         ft.train(net, data, lr=0.01, steps=1, start=net.to_general())
+
+
+# ------------------------------------------------ the usual cost with an output layer
+
+
+@pytest.mark.parametrize("adapted", [True, False], ids=["adapted", "general"])
+@pytest.mark.parametrize("condition", [1.0, 10.0, 1e3])
+def test_usual_cost_is_the_input_layer_cost_in_the_metric_g(adapted, condition):
+    """THEORY section 2 at 20 random states each: the forward-pass output cost equals the
+    input-layer cost in G with the pulled-back targets, adapted nets and general ones (a
+    perturbed start), orthogonal to ill-conditioned output layers. Error model: the
+    pull-back solves with T = W_o W^(L), a relative error of ~κ(T) eps; bound 64 κ(T) eps
+    (1e-12 when κ(T) < 70, as for orthogonal output layers)."""
+    for i in range(20):
+        key = jax.random.key(100 + i)
+        net, data = problem(key, depth=3, width=3, num_points=25, bias_scale=0.8)
+        if not adapted:
+            net = ft.off_adapted(jax.random.fold_in(key, 1), net, 0.3)
+        layer = ft.OutputLayer.random(jax.random.fold_in(key, 2), 3, condition=condition)
+        layer = ft.OutputLayer(layer.weight, jax.random.normal(jax.random.fold_in(key, 3), (3,)))
+        outputs = ft.Dataset(x=data.x, labels=data.labels, targets=data.targets * 2.0 + 1.0)
+        metric, targets = ft.pulled_back(net, layer, outputs)
+        usual = float(ft.output_cost(net, layer, outputs))
+        pulled = float(ft.metric_cost(net, ft.Dataset(x=data.x, labels=data.labels, targets=targets), metric))
+        eigenvalues = np.linalg.eigvalsh(np.asarray(metric))
+        assert np.all(eigenvalues > 0)
+        kappa = float(np.sqrt(eigenvalues[-1] / eigenvalues[0]))  # κ(T), G = TᵀT
+        error = abs(usual - pulled) / usual
+        assert error < 64 * kappa * np.finfo(np.float64).eps, (i, error, kappa)
+
+
+def test_output_layer_condition_is_the_dial():
+    for condition in (1.0, 4.0, 100.0):
+        layer = ft.OutputLayer.random(jax.random.key(0), 4, condition=condition)
+        np.testing.assert_allclose(np.linalg.cond(np.asarray(layer.weight)), condition, rtol=1e-10)
+
+
+@pytest.mark.parametrize(
+    "build, message",
+    [
+        (lambda: ft.OutputLayer(jnp.array([[1.0, 2.0], [2.0, 4.0]]), jnp.zeros(2)), "singular or nearly so"),
+        (
+            lambda: ft.OutputLayer(jnp.array([[1.0, 0.0], [0.0, 1e-20]]), jnp.zeros(2)),
+            "singular or nearly so",
+        ),
+        (lambda: ft.OutputLayer.random(jax.random.key(0), 2, condition=0.0), "must be a finite number >= 1"),
+        (lambda: ft.OutputLayer.random(jax.random.key(0), 2, condition=-3.0), "must be a finite number >= 1"),
+        (lambda: ft.OutputLayer(jnp.ones((2, 3)), jnp.zeros(2)), r"`weight` must have shape \(M, M\)"),
+        (lambda: ft.OutputLayer(jnp.eye(2), jnp.array([0.0, jnp.nan])), "bias"),
+    ],
+)
+def test_bad_output_layers_are_named(build, message):
+    with pytest.raises(ValueError, match=message):
+        build()
