@@ -7,6 +7,7 @@ Exit codes: 0 done; 2 bad input or files (nothing lost; the message says what to
 import argparse
 import dataclasses
 import json
+import logging
 import math
 import os
 import sys
@@ -124,16 +125,37 @@ def gpu_fallback_notice(backend: str, installed: list[str]) -> str | None:
     )
 
 
-def _print_device_notice() -> None:
+def _gpu_plugins() -> list[str]:
+    """JAX's GPU plugin packages installed here (the `cuda12`/`cuda13` extras bring them)."""
     import importlib.metadata
 
+    names = {dist.metadata["Name"] or "" for dist in importlib.metadata.distributions()}
+    return sorted(n for n in names if n.lower().replace("_", "-").startswith(("jax-cuda", "jax-rocm")))
+
+
+class _PluginErrorFilter(logging.Filter):
+    """Drops JAX's multi-line "Jax plugin configuration error" traceback (a CUDA plugin
+    that finds no driver); `_print_device_notice` says it in one line instead."""
+
+    def filter(self, record):
+        return not str(record.msg).startswith("Jax plugin configuration error")
+
+
+def _quiet_gpu_plugin_without_gpu() -> None:
+    """Before JAX looks for devices: a GPU plugin installed on a host with no NVIDIA
+    device node would log a traceback while JAX falls back to the CPU."""
+    if any(os.path.exists(d) for d in ("/dev/nvidia0", "/dev/nvidiactl", "/dev/dxg")):
+        return
+    if _gpu_plugins():
+        logging.getLogger("jax._src.xla_bridge").addFilter(_PluginErrorFilter())
+
+
+def _print_device_notice() -> None:
     import jax
 
     if os.environ.get("JAX_PLATFORMS", "").strip().lower() == "cpu":
         return
-    names = {dist.metadata["Name"] or "" for dist in importlib.metadata.distributions()}
-    plugins = sorted(n for n in names if n.lower().replace("_", "-").startswith(("jax-cuda", "jax-rocm")))
-    notice = gpu_fallback_notice(jax.default_backend(), plugins)
+    notice = gpu_fallback_notice(jax.default_backend(), _gpu_plugins())
     if notice:
         print(notice, file=sys.stderr)
 
@@ -499,6 +521,8 @@ def _add_report_and_demo(commands) -> None:
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
+    if args.command in ("compare", "sweep"):
+        _quiet_gpu_plugin_without_gpu()
     try:
         return args.run(args)
     except ValueError as error:

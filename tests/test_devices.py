@@ -106,3 +106,22 @@ def test_every_matrix_product_runs_at_full_precision():
     assert precisions, "no matrix product found: the walk over the jaxpr is broken"
     highest = (lax.Precision.HIGHEST, lax.Precision.HIGHEST)
     assert all(p == highest for p in precisions), precisions
+
+
+def test_jax_plugin_traceback_is_replaced_by_the_one_line_notice(monkeypatch, caplog):
+    """With the cuda12 extra on a host without a GPU, JAX logs the plugin's failed start as
+    a multi-line traceback (checked in a real `.[cuda12]` install here); the CLI drops
+    that one record and prints its own line. Other JAX warnings still pass."""
+    import logging
+
+    from flowtrunc import _cli
+
+    logger = logging.getLogger("jax._src.xla_bridge")
+    monkeypatch.setattr(logger, "filters", [])
+    monkeypatch.setattr(_cli, "_gpu_plugins", lambda: ["jax-cuda12-plugin"])
+    monkeypatch.setattr(_cli.os.path, "exists", lambda path: False)
+    _cli._quiet_gpu_plugin_without_gpu()
+    with caplog.at_level(logging.WARNING, logger="jax._src.xla_bridge"):
+        logger.error("Jax plugin configuration error: Exception when calling %s.initialize()", "x")
+        logger.warning("another JAX warning")
+    assert [r.getMessage() for r in caplog.records] == ["another JAX warning"]
