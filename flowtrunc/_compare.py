@@ -162,7 +162,10 @@ def compare_seed(seed, config: CompareConfig, user_data: Dataset | None = None, 
         net, data, config.mode if train_weights else "adapted", 50, config.parameterisation
     )
     unstable = config.check_stability & (config.lr > bound)
-    train_result = jnp.where(unstable & (run.result == 0), RESULTS.unstable, run.result)
+    # lr above the bound is why such a seed diverges: report the cause (and its fix)
+    train_result = jnp.where(
+        unstable & ((run.result == 0) | (run.result == RESULTS.diverged)), RESULTS.unstable, run.result
+    )
     times = run.ts
     theta_scale = jnp.maximum(jnp.nanmax(jnp.abs(flow.thresholds)), 1e-12)
     star_flow = jnp.max(flow.thresholds, axis=1)

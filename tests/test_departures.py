@@ -127,9 +127,12 @@ def test_nearest_adapted_recovers_an_adapted_net_and_off_adapted_has_the_asked_s
     size = np.linalg.norm(gap, axis=(1, 2)) / np.linalg.norm(np.asarray(net.layer_weights()), axis=(1, 2))
     np.testing.assert_allclose(size, 0.1, rtol=1e-12)
     np.testing.assert_array_equal(start.biases, net.biases)
-    # the nearest adapted net is nearer than the one the perturbation started from
+    # layers >= 2: the diagonal fit is the nearest diagonal matrix, so it is at least as
+    # near as the adapted net the perturbation started from (layer 1 fits D R via the polar
+    # factor, not a joint optimum)
     nearest = ft.nearest_adapted(start)
-    assert np.all(np.asarray(ft.family_distance(start, nearest)) <= size + 1e-12)
+    fitted = np.linalg.norm(np.asarray(start.layer_weights() - nearest.layer_weights())[1:], axis=(1, 2))
+    assert np.all(fitted <= np.linalg.norm(gap[1:], axis=(1, 2)) * (1 + 1e-12))
 
 
 def test_training_from_a_start_equals_unconstrained_training_from_it(default):
@@ -158,7 +161,7 @@ def test_off_adapted_zero_reproduces_the_run_exactly():
 @pytest.mark.slow
 def test_prediction_error_grows_with_the_departure():
     """ε = 0, 0.1, 0.2, 0.3 on the same 64 seeds: the measured start distance grows with ε
-    (ε less the part of the perturbation the nearest adapted net absorbs), and so do the
+    (about ε less the part of the perturbation the nearest adapted net absorbs), and so do the
     medians of the prediction's threshold and cost errors (measured: threshold 0.117,
     0.168, 0.246, 0.409; at ε = 0 the error is that of unconstrained training itself).
     Steps of 0.1 in ε: with 16 seeds or steps of 0.05 the seed-to-seed spread hides them."""
@@ -172,7 +175,6 @@ def test_prediction_error_grows_with_the_departure():
         medians.append(float(np.median(metrics["threshold_error"])))
         costs.append(float(np.median(metrics["cost_error"])))
         distances.append(float(np.median(metrics["start_distance"])))
-        assert np.all(metrics["start_distance"] <= eps * (1 + 1e-12))
     assert np.all(np.diff(distances) > 0), distances
     assert np.all(np.diff(medians) > 0), medians
     assert np.all(np.diff(costs) > 0), costs

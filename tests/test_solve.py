@@ -19,8 +19,9 @@ TS = jnp.linspace(0.0, 8.0, 9)
 
 @pytest.fixture(scope="module")
 def batch():
-    """20 seeds of the small problem, with their exact frozen-weight solutions."""
-    keys = jax.random.split(jax.random.key(42), 20)
+    """20 seeds of the small problem, with their exact frozen-weight solutions (key 43:
+    its batch holds every kind of event by t = 8, kinks included; key 42's has no kink)."""
+    keys = jax.random.split(jax.random.key(43), 20)
     nets, datas = eqx.filter_vmap(problem)(keys)
     exact = eqx.filter_vmap(lambda n, d: ft.solve_frozen_exact(n, d, ts=TS))(nets, datas)
     return nets, datas, exact
@@ -46,7 +47,11 @@ def test_diffrax_matches_exact_frozen(batch):
         assert np.array_equal(getattr(exact, field), getattr(flow, field)), field
     happened = np.isfinite(np.asarray(exact.event_times))
     t_exact, t_flow = np.asarray(exact.event_times)[happened], np.asarray(flow.event_times)[happened]
-    assert np.max(np.abs(t_flow - t_exact) / t_exact) < 1e-8
+    # an event's time error is its state error over the speed there, δt = δθ/|θ̇*|: state
+    # errors ~1e-10 (up to ~60 segments at rtol 1e-12) over speeds down to ~1e-3 near an
+    # asymptote give ~1e-7 on the flow's time scale (1/κ ~ 1: absolute below t = 1);
+    # the states themselves are compared to 1e-8 below
+    assert np.max(np.abs(t_flow - t_exact) / np.maximum(t_exact, 1.0)) < 1e-7
     scale = np.max(np.abs(np.asarray(exact.thresholds)), axis=(1, 2, 3), keepdims=True)
     assert np.max(np.abs(flow.thresholds - exact.thresholds) / scale) < 1e-8
     assert np.allclose(flow.cost, exact.cost, rtol=1e-8)
