@@ -179,7 +179,7 @@ def _compare(args) -> int:
         f"flowtrunc compare: {resolved.seeds} seeds, L={resolved.depth} M={resolved.dim} "
         f"N={resolved.points} Q={resolved.clusters}, lr={resolved.lr}, t1={resolved.t1}, "
         f"mode={resolved.mode}{' (weights frozen)' if resolved.freeze_weights else ''}, "
-        f"{resolved.parameterisation} parameterisation, "
+        f"{resolved.parameterisation} parameterisation, {resolved.cost} cost, "
         f"float{resolved.precision}, {jax.device_count()} device(s) -> {args.out}",
         file=sys.stderr,
     )

@@ -22,6 +22,7 @@ from ._kinds import solution_kinds
 from ._linalg import matmul
 from ._network import AdaptedReLUNet
 from ._off_adapted import family_distance, nearest_adapted, off_adapted
+from ._output_layer import OutputLayer, pulled_back
 from ._results import RESULTS
 from ._training import _stability_bound, train
 
@@ -126,6 +127,26 @@ class _ValueView:
         return self._values[name] if name in self._values else getattr(self._config, name)
 
 
+def output_problem(seed, config: CompareConfig, net, data: Dataset):
+    """For `cost="output"`: the seed's output layer (condition number `output_condition`),
+    the dataset with output targets `y_q = A(W^(L) v_q + b^(L))` (the image of its targets
+    `v_q` under `net`, training's start, and the layer), the prediction's dataset (targets
+    pulled back at t = 0, equal to `v_q` up to round-off) and its clock factor `tr G/M`
+    (docs/theory.md §6: the flow in the metric `c I` runs `c` times faster)."""
+    layer = OutputLayer.random(
+        jax.random.fold_in(jax.random.key(seed), 11),
+        data.width,
+        condition=config.output_condition,
+        dtype=data.x.dtype,
+    )
+    w_cum, b_cum = net.cumulative()
+    targets = layer(matmul(data.targets, w_cum[-1].T) + b_cum[-1][None])
+    output_data = Dataset(x=data.x, labels=data.labels, targets=targets)
+    metric, pulled = pulled_back(net, layer, output_data)
+    predicted = Dataset(x=data.x, labels=data.labels, targets=pulled)
+    return layer, output_data, predicted, jnp.trace(metric) / data.width
+
+
 def compare_seed(seed, config: CompareConfig, user_data: Dataset | None = None, values: dict | None = None):
     """Runs flow and training for one seed; returns `(metrics, trajectories)` dicts."""
     net, data = seed_problem(seed, config, user_data, values)
@@ -135,10 +156,16 @@ def compare_seed(seed, config: CompareConfig, user_data: Dataset | None = None, 
         net = nearest_adapted(start)
     train_weights = not config.freeze_weights
     save_every = config.steps // config.saves
+    layer, train_data, clock = None, data, jnp.ones((), data.x.dtype)
+    if config.cost == "output":  # training on the usual cost; the flow on its t = 0 pull-back
+        layer, train_data, data, clock = output_problem(seed, config, net if start is None else start, data)
     run = train(
         net,
-        data,
+        train_data,
         start=start,
+        cost=config.cost,
+        output_layer=layer,
+        train_output=None if layer is None else not config.freeze_output,
         lr=config.lr,
         steps=config.steps,
         save_every=save_every,
@@ -150,7 +177,7 @@ def compare_seed(seed, config: CompareConfig, user_data: Dataset | None = None, 
     flow = solve_effective(
         net,
         data,
-        ts=run.ts,
+        ts=run.ts * clock,
         train_weights=train_weights,
         parameterisation=config.parameterisation,
         rtol=config.rtol,
@@ -159,7 +186,13 @@ def compare_seed(seed, config: CompareConfig, user_data: Dataset | None = None, 
     )
     # the stability check `train` makes on concrete inputs, per seed (under vmap)
     bound = _stability_bound(
-        net, data, config.mode if train_weights else "adapted", 50, config.parameterisation
+        net,
+        train_data,
+        config.mode if train_weights else "adapted",
+        50,
+        config.parameterisation,
+        layer,
+        not config.freeze_output,
     )
     unstable = config.check_stability & (config.lr > bound)
     # lr above the bound is why such a seed diverges: report the cause (and its fix)
@@ -174,7 +207,10 @@ def compare_seed(seed, config: CompareConfig, user_data: Dataset | None = None, 
 
     # crossing times, point by point: when training's θ* passes each data coordinate the
     # flow crosses by t1 (interpolated between saves), against the flow's exact time
-    flow_cross = flow.crossing_times
+    flow_cross = flow.crossing_times / clock
+    flow_cost = flow.cost * clock  # the usual cost predicted as c × the input-layer cost
+    metric_condition = run.metric_condition
+    target_scale = jnp.maximum(jnp.max(jnp.abs(run.pulled_targets[0])), 1e-12)
     in_window = flow_cross <= times[-1]
     direction = jnp.where(
         jnp.max(flow.thresholds[-1], axis=0) >= jnp.max(flow.thresholds[0], axis=0), 1.0, -1.0
@@ -214,7 +250,7 @@ def compare_seed(seed, config: CompareConfig, user_data: Dataset | None = None, 
         train_result=train_result,
         stability_bound=bound,
         threshold_error=jnp.max(jnp.abs(run.thresholds - flow.thresholds)) / theta_scale,
-        cost_error=jnp.max(jnp.abs(run.cost - flow.cost)) / flow.cost[0],
+        cost_error=jnp.max(jnp.abs(run.cost - flow_cost)) / flow_cost[0],
         truncation_agreement=jnp.mean(jnp.all(run.n_truncated == flow.n_truncated, axis=1)),
         final_sets_agree=jnp.all((u <= star_flow[-1][None]) == (u <= star_train[-1][None])),
         num_events=flow.num_events,
@@ -230,16 +266,19 @@ def compare_seed(seed, config: CompareConfig, user_data: Dataset | None = None, 
         collapse_time_error=jnp.max(jnp.where(both, jnp.abs(collapse_train - collapse_flow), 0.0)),
         drift=jnp.nanmax(run.drift),
         start_distance=jnp.max(family_distance(start, net)) if start is not None else jnp.zeros_like(bound),
+        metric_condition=jnp.nanmax(metric_condition),
+        target_motion=jnp.nanmax(jnp.abs(run.pulled_targets - run.pulled_targets[0][None])) / target_scale,
     )
     trajectories = dict(
         ts=times,
         thresholds_flow=flow.thresholds,
         thresholds_train=run.thresholds,
-        cost_flow=flow.cost,
+        cost_flow=flow_cost,
         cost_train=run.cost,
         n_flow=flow.n_truncated,
         n_train=run.n_truncated,
-        kappa_flow=_kappa(
+        kappa_flow=clock
+        * _kappa(
             flow.thresholds,
             flow.scales,
             flow.n_truncated,
@@ -251,6 +290,7 @@ def compare_seed(seed, config: CompareConfig, user_data: Dataset | None = None, 
         frame=net.frame,
         targets=data.targets,
         drift=run.drift,
+        metric_condition=metric_condition,
     )
     return metrics, trajectories
 

@@ -10,7 +10,7 @@ import os
 import typing
 
 from ._effective import PARAMETERISATIONS
-from ._training import MODES
+from ._training import COSTS, MODES
 
 # Settings that, when not given, suit the device the run is on (`CompareConfig.on_device`):
 # float64 and small chunks on a CPU; float32 (fast on every GPU) and chunks large enough to
@@ -38,7 +38,10 @@ class CompareConfig:
     `mode` of training, `freeze_weights` (biases only, in both flow and training),
     `parameterisation` (steps and flow on d or on log d), `off_adapted` ε (training starts
     from the adapted net plus a perturbation of relative size ε, see `off_adapted`; the
-    flow from the adapted net nearest to that start),
+    flow from the adapted net nearest to that start), `cost` (the input-layer cost, or the
+    usual cost after an output layer drawn with condition number `output_condition`; the
+    output targets are the image of the scenario's targets, so the prediction's pulled-back
+    targets at t = 0 are the scenario's own; `freeze_output` keeps that layer fixed),
     `precision` 32 or 64 (unset: from the device, see `on_device`), flow tolerances
     `rtol`/`atol` and step cap `max_steps`, `check_stability` (seeds whose `lr` exceeds
     the stability bound fail). Execution: `seeds` (count), `chunk_size` seeds per chunk
@@ -69,6 +72,15 @@ class CompareConfig:
     )
     parameterisation: str = _setting(
         "direct", "gradient steps and flow on the diagonal weights d, or on log d", choices=PARAMETERISATIONS
+    )
+    cost: str = _setting(
+        "input",
+        "training cost: the input-layer cost, or the usual cost after a trainable output layer",
+        choices=COSTS,
+    )
+    freeze_output: bool = _setting(False, "keep the output layer at its initial value (cost output)")
+    output_condition: float = _setting(
+        1.0, "condition number of the initial output layer (cost output; 1: orthogonal)", "ratio"
     )
     precision: int | None = _setting(None, "floating-point bits", "bits", choices=(32, 64))
     rtol: float = _setting(1e-7, "relative tolerance of the flow's ODE solver")
@@ -112,6 +124,21 @@ class CompareConfig:
             raise ValueError(
                 "`parameterisation='log'` acts on the diagonal weights d of adapted training; "
                 "`mode='unconstrained'` moves full matrices. Use mode='adapted' or parameterisation='direct'."
+            )
+        if not self.output_condition >= 1:
+            raise ValueError(
+                f"`output_condition` (of the initial output layer) must be >= 1, got "
+                f"{self.output_condition!r}; 1 draws an orthogonal layer."
+            )
+        if self.output_condition != 1 and self.cost != "output":
+            raise ValueError(
+                f"`output_condition` = {self.output_condition} sets the output layer, which only the "
+                "usual cost has; add cost='output' (--cost output)."
+            )
+        if self.freeze_output and self.cost != "output":
+            raise ValueError(
+                "`freeze_output` freezes the output layer, which only the usual cost has; add "
+                "cost='output' (--cost output), or drop freeze_output."
             )
         if self.data is None and self.points < self.clusters:
             raise ValueError(f"`points` ({self.points}) must be >= `clusters` ({self.clusters}).")

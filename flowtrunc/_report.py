@@ -68,6 +68,8 @@ def figures(config, metrics, trajectories, summary) -> list:
     drawn = [("errors.png", _errors(plt, config, metrics, summary))]
     if config.off_adapted > 0 and ok_seeds(metrics).any():
         drawn.append(("departure.png", _departure(plt, config, metrics)))
+    if config.cost == "output" and ok_seeds(metrics).any():
+        drawn.append(("output_metric.png", _output_metric(plt, config, metrics)))
     if trajectories is not None and len(trajectories["ts"]):
         drawn += [
             ("thresholds.png", _thresholds(plt, metrics, trajectories)),
@@ -149,31 +151,54 @@ def _errors(plt, config, metrics, summary):
     return fig
 
 
+THRESHOLD_ERROR = ("threshold_error", "max |θ*_train − θ*_flow| / max|θ| [1]")
+
+
 def _departure(plt, config, metrics):
     """Per seed: the prediction's error against the measured departure from the adapted
-    family at the start (and the drift it grows into), log axes when they span decades."""
-    ok = ok_seeds(metrics)
-    start = metrics["start_distance"][ok].astype(np.float64)
-    fig, axes = plt.subplots(1, 2, figsize=(9, 3.6), layout="constrained")
-    for ax, (name, label) in zip(
-        axes,
-        [
-            ("threshold_error", "max |θ*_train − θ*_flow| / max|θ| [1]"),
-            ("drift", "max drift from the adapted family over [0, t1] [1]"),
-        ],
-    ):
-        values = metrics[name][ok].astype(np.float64)
-        ax.scatter(start, values, s=8, color="C0", alpha=0.6)
-        ax.set_xlabel("distance from the nearest adapted net at t = 0 [1]", fontsize=8)
-        ax.set_ylabel(label, fontsize=8)
-        positive = values[values > 0]
-        if positive.size > 1 and positive.max() > 10 * positive.min():
-            ax.set_yscale("log")
-    fig.suptitle(
-        f"Starting off the adapted family: ε = {config.off_adapted}, {int(ok.sum())} seeds "
+    family at the start (and the drift it grows into)."""
+    start = ("start_distance", "distance from the nearest adapted net at t = 0 [1]")
+    return _against(
+        plt,
+        metrics,
+        [(start, THRESHOLD_ERROR), (start, ("drift", "max drift from the adapted family over [0, t1] [1]"))],
+        f"Starting off the adapted family: ε = {config.off_adapted}, {int(ok_seeds(metrics).sum())} seeds "
         f"(lr = {config.lr}, unconstrained training, flow from the nearest adapted net)",
-        fontsize=10,
     )
+
+
+def _output_metric(plt, config, metrics):
+    """Per seed: the prediction's errors against the two departures of the usual cost, the
+    condition number of its metric G and the motion of the pulled-back targets ȳ."""
+    condition = ("metric_condition", "max condition number of G over [0, t1] [1]")
+    motion = ("target_motion", "max |ȳ(t) − ȳ(0)| / max|ȳ(0)| over [0, t1] [1]")
+    cost = ("cost_error", "max |C_train − c C_flow| / (c C_flow(0)) [1]")
+    return _against(
+        plt,
+        metrics,
+        [(condition, THRESHOLD_ERROR), (condition, cost), (motion, THRESHOLD_ERROR)],
+        f"The usual cost: output layer of condition {config.output_condition}, "
+        f"{int(ok_seeds(metrics).sum())} seeds (lr = {config.lr}, {config.mode}; flow on the "
+        "t = 0 pull-back, clock c = tr G/M)",
+    )
+
+
+def _against(plt, metrics, panels, title):
+    """Per ok seed, one metric against another in each panel (`((name, label), (name,
+    label))`: x, then y), log axes where the values span more than a decade."""
+    ok = ok_seeds(metrics)
+    fig, axes = plt.subplots(1, len(panels), figsize=(4.5 * len(panels), 3.6), layout="constrained")
+    for ax, ((x_name, x_label), (name, label)) in zip(axes, panels):
+        along = metrics[x_name][ok].astype(np.float64)
+        values = metrics[name][ok].astype(np.float64)
+        ax.scatter(along, values, s=8, color="C0", alpha=0.6)
+        ax.set_xlabel(x_label, fontsize=8)
+        ax.set_ylabel(label, fontsize=8)
+        for data, set_scale in ((values, ax.set_yscale), (along, ax.set_xscale)):
+            positive = data[data > 0]
+            if positive.size > 1 and positive.max() > 10 * positive.min():
+                set_scale("log")
+    fig.suptitle(title, fontsize=10)
     return fig
 
 
@@ -222,7 +247,12 @@ def _cost(plt, config, metrics, tr):
         )
         bottom.plot(tr["ts"][s], (tr["cost_train"][s] - tr["cost_flow"][s]) / tr["cost_flow"][s][0], f"C{s}")
     top.set_yscale("log")
-    top.set_ylabel("input-layer cost C [input units²]")
+    top.set_ylabel(
+        "usual cost C (flow: c × input-layer cost) [output units²]"
+        if config.cost == "output"
+        else "input-layer cost C [input units²]",
+        fontsize=8 if config.cost == "output" else None,
+    )
     top.set_title(
         f"Cost: effective flow (solid) and gradient descent, lr = {config.lr} (dashed)", fontsize=10
     )

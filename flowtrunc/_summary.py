@@ -28,6 +28,16 @@ METRICS = {
         "(0 unless off_adapted > 0)",
         None,
     ),
+    "metric_condition": (
+        "max over saves of the condition number of the cost's metric G = (W_o W^(L))ᵀ(W_o W^(L)) "
+        "in training (1 for the input-layer cost)",
+        None,
+    ),
+    "target_motion": (
+        "max over saves, classes, coordinates of |ȳ(t) − ȳ(0)| / max|ȳ(0)|: how far the pulled-back "
+        "targets move in training (0 for the input-layer cost)",
+        None,
+    ),
     "stability_bound": ("2/λ_max of gradient descent at the start [flow time]; lr above it fails", "min"),
 }
 
@@ -43,6 +53,9 @@ DESCRIPTIONS = {
     "freeze_weights": "biases only were trained",
     "off_adapted": "ε: relative size of the random perturbation of the start weights",
     "parameterisation": "gradient steps and flow on the diagonal weights d (direct) or on log d (log)",
+    "cost": "training cost: input (the input-layer cost) or output (the usual cost after an output layer)",
+    "freeze_output": "the output layer kept its initial value (cost output)",
+    "output_condition": "condition number of the initial output layer (cost output)",
     "seeds_with_collapse_flow": "ok seeds where the flow collapses at least one class by t1 (count)",
     "seeds_with_collapse_train": "ok seeds where training collapses at least one class by t1 (count)",
     "seeds_collapsed_at_start": "ok seeds with a class already collapsed at t = 0 (not counted above)",
@@ -132,6 +145,9 @@ def summarise(metrics: dict, config: CompareConfig, origin: dict | None = None, 
         "freeze_weights": config.freeze_weights,
         "off_adapted": config.off_adapted,
         "parameterisation": config.parameterisation,
+        "cost": config.cost,
+        "output_condition": config.output_condition,
+        "freeze_output": config.freeze_output,
         "seeds_with_collapse_flow": int(np.sum(metrics["collapsed_flow"][ok] > 0)),
         "seeds_with_collapse_train": int(np.sum(metrics["collapsed_train"][ok] > 0)),
         "seeds_collapsed_at_start": int(np.sum(metrics["collapsed_at_start"][ok] > 0)),

@@ -40,6 +40,8 @@ TABLE_METRICS = (
     "truncation_agreement",
     "drift",
     "start_distance",
+    "metric_condition",
+    "target_motion",
 )
 # the built-in sweep: where does the O(lr) agreement hold, and how does it depend on the
 # gap between clusters (a few minutes on 2 CPU cores)

@@ -1,7 +1,9 @@
 """Training the real network by gradient descent (optax), for comparison with the flow.
 
 The cost is the input-layer cost computed from the real forward pass,
-`x̃^(L) = (W^(L))^{-1}(x^(L) − b^(L))`, with autodiff gradients.
+`x̃^(L) = (W^(L))^{-1}(x^(L) − b^(L))`, with autodiff gradients (`cost="input"`), or the
+usual cost `(1/2N) Σ |A(x^(L)) − y|²` after an affine output layer `A` (`cost="output"`,
+THEORY §2; the output layer trains too unless frozen).
 
 - `mode="adapted"`: parameters are the diagonal entries `d_l` and biases `b_l`; the
   frame is fixed (THEORY section 4 exactly).
@@ -26,27 +28,41 @@ from ._data import Dataset
 from ._effective import PARAMETERISATIONS
 from ._linalg import matmul
 from ._network import AdaptedReLUNet, ReLUNet
+from ._output_layer import OutputLayer, output_cost, pulled_back
 from ._results import RESULTS
 from ._validate import check_positive_int, is_concrete
 
 MODES = ("adapted", "unconstrained")
+COSTS = ("input", "output")
 
 
-def trainable_params(net: AdaptedReLUNet, mode: str, parameterisation: str = "direct"):
+def trainable_params(net: AdaptedReLUNet, mode: str, parameterisation: str = "direct", output_layer=None):
     """The parameters gradient descent moves: `(d, b)` or `(log d, b)` (adapted), or
-    `(W, b)` (unconstrained)."""
+    `(W, b)` (unconstrained), followed by a trainable `output_layer` when one is given."""
     if mode == "adapted":
-        return (jnp.log(net.scales) if parameterisation == "log" else net.scales, net.biases)
-    return (net.layer_weights(), net.biases)
+        hidden = (jnp.log(net.scales) if parameterisation == "log" else net.scales, net.biases)
+    else:
+        hidden = (net.layer_weights(), net.biases)
+    return hidden if output_layer is None else (*hidden, output_layer)
+
+
+def training_cost(net, mode, params, data, parameterisation="direct", frozen_layer=None):
+    """The cost `train` descends at `params`: the usual cost after the output layer (the
+    trainable one in `params`, else `frozen_layer`), or the input-layer cost if neither."""
+    model = rebuild(net, mode, params, parameterisation)
+    layer = params[2] if len(params) == 3 else frozen_layer
+    if layer is None:
+        return input_cost(model, data, method="forward")
+    return output_cost(model, layer, data)
 
 
 def rebuild(net: AdaptedReLUNet, mode: str, params, parameterisation: str = "direct"):
-    """The network with trainable `params` and the fixed parts of `net`."""
+    """The network with trainable `params` (hidden layers first) and the fixed parts of `net`."""
     if mode == "adapted":
-        scales, biases = params
+        scales, biases = params[:2]
         scales = jnp.exp(scales) if parameterisation == "log" else scales
         return AdaptedReLUNet(frame=net.frame, scales=scales, biases=biases)
-    weights, biases = params
+    weights, biases = params[:2]
     return ReLUNet(weights=weights, biases=biases)
 
 
@@ -66,6 +82,45 @@ def _check_mode(mode, parameterisation: str = "direct"):
         )
 
 
+def _check_cost(cost, output_layer, train_output, net):
+    """The output layer `train` uses (cast to the net's dtype), or None for the input cost;
+    rejects options that contradict `cost`."""
+    if cost not in COSTS:
+        raise ValueError(
+            f"`cost` must be 'input' (the input-layer cost) or 'output' (the usual cost after an "
+            f"output layer), got {cost!r}."
+        )
+    if cost == "input":
+        if output_layer is not None or train_output is not None:
+            given = "`output_layer`" if output_layer is not None else "`train_output`"
+            raise ValueError(
+                f"{given} belongs to the usual cost, but cost='input' (the input-layer cost has no "
+                "output layer). Pass cost='output', or drop it."
+            )
+        return None
+    if output_layer is None:
+        raise ValueError(
+            "cost='output' needs `output_layer`, the affine layer after the last hidden layer; "
+            f"e.g. OutputLayer.random(key, {net.width}) (or OutputLayer(weight, bias))."
+        )
+    if not isinstance(output_layer, OutputLayer) or output_layer.bias.shape != (net.width,):
+        raise ValueError(
+            f"`output_layer` must be an OutputLayer of width {net.width} (the net's), got "
+            f"{type(output_layer).__name__}"
+            + (f" of width {output_layer.bias.shape[0]}" if isinstance(output_layer, OutputLayer) else "")
+            + "."
+        )
+    dtype = net.biases.dtype
+    return OutputLayer(output_layer.weight.astype(dtype), output_layer.bias.astype(dtype))
+
+
+def _split_layer(output_layer, train_output):
+    """`(trainable, frozen)`: the output layer in the one role it plays (or None)."""
+    if output_layer is None:
+        return None, None
+    return (output_layer, None) if train_output else (None, output_layer)
+
+
 class TrainingRun(eqx.Module):
     """Saved observables of a training run, at `ts = (0, s, 2s, ...)·lr`, `s = save_every`.
 
@@ -75,6 +130,12 @@ class TrainingRun(eqx.Module):
     `n_truncated` `(S, M)` counts points whose unit k is inactive (pre-activation <= 0)
     in some layer of the real forward pass. `result` is a `RESULTS` code; `diverged_step` is the first bad
     step or -1. Values after a divergence are NaN. `net` is the final network.
+
+    The cost's metric and targets in the input layer (THEORY §2): `metric_eigenvalues`
+    `(S, 2)`, the smallest and largest eigenvalue of `G = (W_o W^(L))ᵀ(W_o W^(L))`, and
+    `pulled_targets` `(S, Q, M)`, `ȳ_q = (W_o W^(L))^{-1}(y_q − W_o b^(L) − b_o)`; for the
+    input-layer cost `G = I` and `ȳ` are the dataset's targets. `output_layer` is the final
+    output layer (None for the input-layer cost).
     """
 
     ts: jax.Array
@@ -88,6 +149,14 @@ class TrainingRun(eqx.Module):
     result: jax.Array
     diverged_step: jax.Array
     net: eqx.Module
+    metric_eigenvalues: jax.Array
+    pulled_targets: jax.Array
+    output_layer: eqx.Module | None = None
+
+    @property
+    def metric_condition(self) -> jax.Array:
+        """`(S,)` condition number of the cost's metric G at each save (1: input-layer cost)."""
+        return self.metric_eigenvalues[:, 1] / self.metric_eigenvalues[:, 0]
 
 
 def truncated_counts(net, x):
@@ -103,21 +172,34 @@ def truncated_counts(net, x):
     return jnp.sum(jnp.any(inactive, axis=0), axis=0).astype(jnp.int32)
 
 
-def observe(net, data: Dataset, frame):
-    """Cost, cumulative parameters, frame-read thresholds, drift, truncated counts."""
+def observe(net, data: Dataset, frame, output_layer=None):
+    """Cost, cumulative parameters, frame-read thresholds, drift, truncated counts, and the
+    cost's metric eigenvalues and pulled-back targets (the usual cost after `output_layer`
+    if given, else the input-layer cost: `G = I`)."""
     w_cum, b_cum = net.cumulative()
+    if output_layer is None:
+        cost = input_cost(net, data, method="forward")
+        extremes = jnp.ones(2, b_cum.dtype)
+        pulled = data.targets.astype(b_cum.dtype)
+    else:
+        cost = output_cost(net, output_layer, data)
+        metric, pulled = pulled_back(net, output_layer, data)
+        eigenvalues = jnp.linalg.eigvalsh(metric)
+        extremes = jnp.stack([eigenvalues[0], eigenvalues[-1]])
     in_frame = matmul(w_cum, frame.T[None])
     diagonal = jnp.diagonal(in_frame, axis1=1, axis2=2)
     off = in_frame - jax.vmap(jnp.diag)(diagonal)
     drift = jnp.linalg.norm(off, axis=(1, 2)) / jnp.linalg.norm(diagonal, axis=1)
     return dict(
-        cost=input_cost(net, data, method="forward"),
+        cost=cost,
         cumulative_weights=w_cum,
         cumulative_biases=b_cum,
         thresholds=-b_cum / diagonal,
         scales=diagonal,
         drift=drift,
         n_truncated=truncated_counts(net, data.x),
+        metric_eigenvalues=extremes,
+        pulled_targets=pulled,
     )
 
 
@@ -128,11 +210,15 @@ def stability_bound(
     mode: str = "adapted",
     parameterisation: str = "direct",
     iterations: int = 50,
+    cost: str = "input",
+    output_layer: OutputLayer | None = None,
+    train_output: bool | None = None,
 ):
     r"""Largest stable gradient-descent step, `2/λ_max`, with λ_max the top eigenvalue of the
     Hessian of the cost in the trainable parameters at `net` (the fastest rate of the
     linearised gradient flow), by power iteration on Hessian-vector products. The
-    parameters are those `train` moves (`parameterisation`: d or log d)."""
+    parameters and cost are those `train` uses with the same arguments (`parameterisation`:
+    d or log d; `cost`, `output_layer`, `train_output`: see `train`)."""
     _check_mode(mode, parameterisation)
     check_positive_int("iterations", iterations)
     if not isinstance(net, AdaptedReLUNet):
@@ -140,15 +226,20 @@ def stability_bound(
             f"`stability_bound` takes the AdaptedReLUNet training starts from, got {type(net).__name__}."
         )
     check_data(net, data)
-    return _stability_bound(net, data, mode, iterations, parameterisation)
+    output_layer = _check_cost(cost, output_layer, train_output, net)
+    train_output = True if train_output is None else bool(train_output)
+    return _stability_bound(net, data, mode, iterations, parameterisation, output_layer, train_output)
 
 
 @eqx.filter_jit
-def _stability_bound(net, data, mode, iterations, parameterisation="direct"):
-    params = trainable_params(net, mode, parameterisation)
+def _stability_bound(
+    net, data, mode, iterations, parameterisation="direct", output_layer=None, train_output=True
+):
+    trainable, frozen = _split_layer(output_layer, train_output)
+    params = trainable_params(net, mode, parameterisation, trainable)
 
     def cost(p):
-        return input_cost(rebuild(net, mode, p, parameterisation), data, method="forward")
+        return training_cost(net, mode, p, data, parameterisation, frozen)
 
     def hvp(v):
         return jax.jvp(jax.grad(cost), (params,), (v,))[1]
@@ -182,8 +273,12 @@ def train(
     train_weights: bool = True,
     parameterisation: str = "direct",
     start: ReLUNet | None = None,
+    cost: str = "input",
+    output_layer: OutputLayer | None = None,
+    train_output: bool | None = None,
 ) -> TrainingRun:
-    """Trains the real network on the input-layer cost with optax, in a `lax.scan`.
+    """Trains the real network on the input-layer cost (or the usual cost after an output
+    layer) with optax, in a `lax.scan`.
 
     **Arguments:**
 
@@ -208,6 +303,12 @@ def train(
     - `start`: unconstrained mode only, a general `ReLUNet` to start from instead of `net`
       (e.g. `off_adapted(key, net, eps)`); `net` then supplies only the frame in which
       thresholds, scales and drift are read (e.g. `nearest_adapted(start)`).
+    - `cost`: `"input"` (default), the input-layer cost of THEORY §2; or `"output"`, the usual
+      cost `(1/2N) Σ |A(x^(L)) − y|²` after `output_layer` `A` (an `OutputLayer`), with the
+      dataset's targets read as output-space targets `y_q`. The run records the metric
+      `G = (W_o W^(L))ᵀ(W_o W^(L))` (extreme eigenvalues) and the pulled-back targets `ȳ`.
+    - `train_output`: cost `"output"` only; whether the output layer trains with the hidden
+      layers (default True) or stays frozen.
 
     **Returns:** a `TrainingRun`. `vmap` over seeds reports divergence per seed.
     """
@@ -218,6 +319,8 @@ def train(
             "build one with AdaptedReLUNet(frame=..., scales=..., biases=...)."
         )
     check_data(net, data)
+    output_layer = _check_cost(cost, output_layer, train_output, net)
+    train_output = True if train_output is None else bool(train_output)
     if start is not None:
         if mode != "unconstrained":
             raise ValueError(
@@ -252,8 +355,14 @@ def train(
         raise ValueError(f"`divergence_factor` must be > 1, got {divergence_factor!r}.")
     if check_stability and is_concrete(net.scales, net.biases, data.x):
         bound = float(
-            stability_bound(
-                net, data, mode=mode if train_weights else "adapted", parameterisation=parameterisation
+            _stability_bound(
+                net,
+                data,
+                mode if train_weights else "adapted",
+                50,
+                parameterisation,
+                output_layer,
+                train_output,
             )
         )
         if lr > bound:
@@ -280,6 +389,8 @@ def train(
         bool(train_weights),
         parameterisation,
         start,
+        output_layer,
+        train_output,
     )
 
 
@@ -298,11 +409,15 @@ def _train(
     train_weights,
     parameterisation="direct",
     start=None,
+    output_layer=None,
+    train_output=True,
 ):
     frame = net.fixed_frame
-    params = trainable_params(net, mode, parameterisation)
+    trainable, frozen = _split_layer(output_layer, train_output)
+    params = trainable_params(net, mode, parameterisation, trainable)
     if start is not None:
-        params = (start.layer_weights(), start.biases)
+        params = (start.layer_weights(), start.biases, *params[2:])
+    layer_of = lambda p: p[2] if len(p) == 3 else frozen  # noqa: E731
     optimizer = optax.sgd(lr) if optimizer is None else optimizer
 
     def batch_cost(p, batch_key):
@@ -311,15 +426,15 @@ def _train(
         else:
             index = jax.random.choice(batch_key, data.num_points, (batch_size,), replace=False)
             batch = Dataset(x=data.x[index], labels=data.labels[index], targets=data.targets)
-        return input_cost(rebuild(net, mode, p, parameterisation), batch, method="forward")
+        return training_cost(net, mode, p, batch, parameterisation, frozen)
 
-    initial_cost = input_cost(rebuild(net, mode, params, parameterisation), data, method="forward")
+    initial_cost = training_cost(net, mode, params, data, parameterisation, frozen)
 
     def step(carry, step_key):
         p, opt_state, bad_step, index = carry
         loss, grads = jax.value_and_grad(batch_cost)(p, step_key)
         if not train_weights:
-            grads = (jnp.zeros_like(grads[0]), grads[1])
+            grads = (jnp.zeros_like(grads[0]), *grads[1:])
         updates, new_state = optimizer.update(grads, opt_state, p)
         new_p = optax.apply_updates(p, updates)
         finite = jnp.all(jnp.stack([jnp.all(jnp.isfinite(leaf)) for leaf in jax.tree.leaves(new_p)]))
@@ -336,7 +451,7 @@ def _train(
     def save_block(carry, block_keys):
         carry, _ = lax.scan(step, carry, block_keys)
         p, _, bad_step, _ = carry
-        seen = observe(rebuild(net, mode, p, parameterisation), data, frame)
+        seen = observe(rebuild(net, mode, p, parameterisation), data, frame, layer_of(p))
         blank = lambda a: jnp.where(bad_step < 0, a, jnp.nan)  # noqa: E731
         seen = {name: value if name == "n_truncated" else blank(value) for name, value in seen.items()}
         return carry, seen
@@ -344,7 +459,7 @@ def _train(
     num_saves = steps // save_every
     keys = jax.random.split(key, steps).reshape((num_saves, save_every))
     start = (params, optimizer.init(params), jnp.array(-1, jnp.int32), jnp.array(0, jnp.int32))
-    first = observe(net if mode == "adapted" else rebuild(net, mode, params), data, frame)
+    first = observe(net if mode == "adapted" else rebuild(net, mode, params), data, frame, layer_of(params))
     final, saved = lax.scan(save_block, start, keys)
     history = jax.tree.map(lambda a, b: jnp.concatenate([a[None], b]), first, saved)
     dtype = history["cost"].dtype
@@ -354,5 +469,6 @@ def _train(
         result=jnp.where(bad_step < 0, RESULTS.successful, RESULTS.diverged).astype(jnp.int32),
         diverged_step=bad_step,
         net=rebuild(net, mode, final[0], parameterisation),
+        output_layer=layer_of(final[0]),
         **history,
     )
