@@ -109,8 +109,9 @@ def test_the_t0_pull_back_has_the_cost_but_not_the_gradient(default):
     (so ȳ(0) = v): the two costs agree to round-off; the usual cost's gradient is the
     input-layer gradient plus the gradient through the motion of ȳ and G (held x̃), to
     round-off (the chain rule of THEORY §2 in the parameters); and that motion term is not
-    small: it is larger than the input-layer gradient itself here (measured ratio 6.4), so no
-    rescaling of the clock can make the two flows agree."""
+    small: it is larger than the input-layer gradient itself here (measured ratio 6.4), and
+    θ* starts moving the opposite way in a coordinate, so no rescaling of the clock can make
+    the two flows agree."""
     net, data = default
     net = ft.AdaptedReLUNet(frame=net.frame, scales=jnp.ones_like(net.scales), biases=net.biases)
     w_cum, b_cum = net.cumulative()
@@ -144,6 +145,12 @@ def test_the_t0_pull_back_has_the_cost_but_not_the_gradient(default):
     scale = float(jnp.max(jnp.abs(grad_usual)))
     np.testing.assert_allclose(grad_usual, grad_input + grad_motion, rtol=0, atol=1e3 * EPS * scale)
     assert float(jnp.linalg.norm(grad_motion)) > float(jnp.linalg.norm(grad_input))
+    # and θ*'s initial velocity under the two flows: measured (−0.37, 0) input, (+0.05, +1.30) usual
+    star = lambda q: jnp.max(ft.thresholds(build(q))[0], axis=0)  # noqa: E731
+    downhill = lambda cost: jax.tree.map(jnp.negative, jax.grad(cost)(p))  # noqa: E731
+    velocity_usual = jax.jvp(star, (p,), (downhill(usual),))[1]
+    velocity_input = jax.jvp(star, (p,), (downhill(lambda q: ft.input_cost(build(q), data)),))[1]
+    assert np.any(np.asarray(velocity_usual * velocity_input) < 0), (velocity_usual, velocity_input)
 
 
 def test_input_cost_records_the_identity_metric_and_fixed_targets(default):
