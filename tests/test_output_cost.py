@@ -243,7 +243,7 @@ def test_usual_cost_error_does_not_shrink_as_the_metric_becomes_isotropic():
     (median 0.3 of their size) at a rate set by every point's residual, truncated or not
     (`test_the_t0_pull_back_has_the_cost_but_not_the_gradient`). Asserted: the dial works
     (each step at least 4× in cond G; κ² = 16× expected), and at κ = 1 the error is still
-    above 0.5 (50 lr; the input cost's is below 2 lr) and above half the error at κ = 16."""
+    above 0.5 (100 lr; the input cost's is below 2 lr) and above half the error at κ = 16."""
     from flowtrunc._compare import CompareConfig, compare
 
     settings = {**OUT, "seeds": 32, "chunk_size": 32, "t1": 1.0, "lr": 0.005, "saves": 10}
