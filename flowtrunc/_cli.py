@@ -219,6 +219,18 @@ def _print_summary(out_dir) -> int:
                 print(
                     f"  {name:22s} {q['q50']:10.3g} {q['q90']:10.3g}   {worst['value']:.3g} ({worst['seed']})"
                 )
+        departures = [
+            (name, label)
+            for name, label, active in (
+                ("start_distance", "distance from the adapted family at t = 0", summary.get("off_adapted")),
+                ("metric_condition", "condition number of G (max over t)", summary.get("cost") == "output"),
+                ("target_motion", "motion of the pulled-back targets ȳ", summary.get("cost") == "output"),
+            )
+            if active and summary.get(name)
+        ]
+        for name, label in departures:  # the size of each departure next to the errors
+            q = summary[name]
+            print(f"  {name:22s} {q['q50']:10.3g} {q['q90']:10.3g}   (departure: {label})")
         print(
             f"  a class collapses by t1 in {summary['seeds_with_collapse_flow']} of {ok} ok seeds (flow), "
             f"{summary['seeds_with_collapse_train']} (training); "

@@ -164,7 +164,7 @@ def test_input_cost_records_the_identity_metric_and_fixed_targets(default):
 OUT = dict(seeds=8, points=12, clusters=2, t1=0.5, lr=0.01, saves=5, chunk_size=8, keep=1, cost="output")
 
 
-def test_usual_cost_comparison_records_the_metric_and_draws_the_error_against_it(tmp_path):
+def test_usual_cost_comparison_records_the_metric_and_draws_the_error_against_it(tmp_path, capsys):
     """A `cost="output"` run: config.json and summary.json name the cost; the kept seed's
     metric condition at t = 0 is cond(W_o W^(L))² of its drawn output layer and net (NumPy,
     to 1e3 κ² eps); the figure plots each error against it with labelled axes; the input
@@ -187,6 +187,12 @@ def test_usual_cost_comparison_records_the_metric_and_draws_the_error_against_it
     np.testing.assert_allclose(trajectories["metric_condition"][0, 0], expected, rtol=1e3 * expected * EPS)
     assert metrics["metric_condition"][metrics["seed"] == 0][0] >= trajectories["metric_condition"][0, 0]
     assert (out / "figures" / "output_metric.png").is_file()
+    from flowtrunc._cli import _print_summary
+
+    _print_summary(str(out))  # the console puts each departure's size under the errors
+    printed = capsys.readouterr().out
+    assert "metric_condition" in printed and "(departure: condition number of G" in printed
+    assert "target_motion" in printed and "start_distance" not in printed
     drawn = dict(figures(loaded, metrics, trajectories, summary))
     axes = drawn["output_metric.png"].axes
     assert [ax.get_xlabel() for ax in axes] == ["max condition number of G over [0, t1] [1]"] * 2 + [
