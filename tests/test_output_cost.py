@@ -199,6 +199,10 @@ def test_usual_cost_comparison_records_the_metric_and_draws_the_error_against_it
         "max |ȳ(t) − ȳ(0)| / max|ȳ(0)| over [0, t1] [1]"
     ]
     assert all(ax.get_ylabel().endswith("[1]") for ax in axes)
+    import matplotlib.pyplot as plt
+
+    for fig in drawn.values():
+        plt.close(fig)
 
     base = tmp_path / "input"
     run_compare(CompareConfig(**{**OUT, "cost": "input"}), str(base), progress=False)
