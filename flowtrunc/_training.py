@@ -50,7 +50,7 @@ def training_cost(net, mode, params, data, parameterisation="direct", frozen_lay
     """The cost `train` descends at `params`: the usual cost after the output layer (the
     trainable one in `params`, else `frozen_layer`), or the input-layer cost if neither."""
     model = rebuild(net, mode, params, parameterisation)
-    layer = params[2] if len(params) == 3 else frozen_layer
+    layer = _layer_of(params, frozen_layer)
     if layer is None:
         return input_cost(model, data, method="forward")
     return output_cost(model, layer, data)
@@ -112,6 +112,12 @@ def _check_cost(cost, output_layer, train_output, net):
         )
     dtype = net.biases.dtype
     return OutputLayer(output_layer.weight.astype(dtype), output_layer.bias.astype(dtype))
+
+
+def _layer_of(params, frozen_layer):
+    """The output layer in use: the trainable one in `params` (after the hidden layers' two
+    leaves), else `frozen_layer` (None for the input-layer cost)."""
+    return params[2] if len(params) == 3 else frozen_layer
 
 
 def _split_layer(output_layer, train_output):
@@ -417,7 +423,6 @@ def _train(
     params = trainable_params(net, mode, parameterisation, trainable)
     if start is not None:
         params = (start.layer_weights(), start.biases, *params[2:])
-    layer_of = lambda p: p[2] if len(p) == 3 else frozen  # noqa: E731
     optimizer = optax.sgd(lr) if optimizer is None else optimizer
 
     def batch_cost(p, batch_key):
@@ -451,7 +456,7 @@ def _train(
     def save_block(carry, block_keys):
         carry, _ = lax.scan(step, carry, block_keys)
         p, _, bad_step, _ = carry
-        seen = observe(rebuild(net, mode, p, parameterisation), data, frame, layer_of(p))
+        seen = observe(rebuild(net, mode, p, parameterisation), data, frame, _layer_of(p, frozen))
         blank = lambda a: jnp.where(bad_step < 0, a, jnp.nan)  # noqa: E731
         seen = {name: value if name == "n_truncated" else blank(value) for name, value in seen.items()}
         return carry, seen
@@ -459,7 +464,9 @@ def _train(
     num_saves = steps // save_every
     keys = jax.random.split(key, steps).reshape((num_saves, save_every))
     start = (params, optimizer.init(params), jnp.array(-1, jnp.int32), jnp.array(0, jnp.int32))
-    first = observe(net if mode == "adapted" else rebuild(net, mode, params), data, frame, layer_of(params))
+    first = observe(
+        net if mode == "adapted" else rebuild(net, mode, params), data, frame, _layer_of(params, frozen)
+    )
     final, saved = lax.scan(save_block, start, keys)
     history = jax.tree.map(lambda a, b: jnp.concatenate([a[None], b]), first, saved)
     dtype = history["cost"].dtype
@@ -469,6 +476,6 @@ def _train(
         result=jnp.where(bad_step < 0, RESULTS.successful, RESULTS.diverged).astype(jnp.int32),
         diverged_step=bad_step,
         net=rebuild(net, mode, final[0], parameterisation),
-        output_layer=layer_of(final[0]),
+        output_layer=_layer_of(final[0], frozen),
         **history,
     )
