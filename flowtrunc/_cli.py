@@ -184,7 +184,7 @@ def _compare(args) -> int:
         file=sys.stderr,
     )
     try:
-        run_compare(resolved, args.out, resume=args.resume)
+        run_compare(resolved, args.out, resume=args.resume, stall_timeout=args.stall_timeout)
     except KeyboardInterrupt:
         saved = os.path.isfile(os.path.join(args.out, "config.json"))
         print(
@@ -307,7 +307,7 @@ def _sweep(args) -> int:
         file=sys.stderr,
     )
     try:
-        run_sweep(base, grid, args.out, resume=args.resume)
+        run_sweep(base, grid, args.out, resume=args.resume, stall_timeout=args.stall_timeout)
     except KeyboardInterrupt:
         print(
             "\ninterrupted; finished points are kept. Continue with the same command plus --resume.",
@@ -418,7 +418,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="flowtrunc",
         description="Effective gradient flow of deep ReLU networks. Exit codes: 0 done, 2 bad input "
-        "(nothing written or lost), 3 no seed succeeded, 130 interrupted.",
+        "(nothing written or lost), 3 no seed succeeded, 4 a chunk stalled (see --stall-timeout), "
+        "130 interrupted.",
     )
     parser.add_argument("--version", action="version", version=_version())
     commands = parser.add_subparsers(dest="command", required=True)
@@ -436,6 +437,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--config", help="JSON file of settings, keys as the flags below; relative paths from its folder"
     )
     compare.add_argument("--resume", action="store_true", help="continue an interrupted run in --out")
+    _add_run_flags(compare)
     _add_process_flags(compare)
     _add_settings(compare)
     compare.set_defaults(run=_compare)
@@ -459,6 +461,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sweep.add_argument("--config", help="JSON file of settings, and an optional `sweep` object of grids")
     sweep.add_argument("--resume", action="store_true", help="continue an interrupted sweep in --out")
+    _add_run_flags(sweep)
     _add_process_flags(sweep)
     _add_settings(sweep)
     sweep._option_string_actions["--seeds"].help = "seeds per grid point [count] (default: 256)"
@@ -468,6 +471,20 @@ def build_parser() -> argparse.ArgumentParser:
     sweep.set_defaults(run=_sweep)
     _add_report_and_demo(commands)
     return parser
+
+
+def _add_run_flags(parser) -> None:
+    """How a run is carried out (its results do not depend on these)."""
+    from ._output import DEFAULT_STALL_TIMEOUT
+
+    parser.add_argument(
+        "--stall-timeout",
+        type=float,
+        default=DEFAULT_STALL_TIMEOUT,
+        metavar="SECONDS",
+        help="stop the run (exit 4, finished chunks kept) when one chunk, compilation included, "
+        f"takes longer than this; 0 waits forever (default: {DEFAULT_STALL_TIMEOUT:g})",
+    )
 
 
 def _add_process_flags(parser) -> None:
@@ -532,11 +549,37 @@ def _add_report_and_demo(commands) -> None:
 
 
 def main(argv=None) -> int:
+    code = _main(argv)
+    from ._output import abandoned_work
+
+    if abandoned_work():  # a stalled or interrupted chunk still runs inside XLA: do not wait
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    return code
+
+
+def _check_run_flags(args) -> None:
+    timeout = getattr(args, "stall_timeout", 0.0)
+    if not (math.isfinite(timeout) and timeout >= 0):
+        raise ValueError(f"--stall-timeout must be a number of seconds >= 0 (0 waits forever), got {timeout}.")
+    connect = getattr(args, "connect_timeout", 1)
+    if connect <= 0:
+        raise ValueError(f"--connect-timeout must be a positive number of seconds, got {connect}.")
+
+
+def _main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     if args.command in ("compare", "sweep"):
         _quiet_gpu_plugin_without_gpu()
+    from ._output import StalledRun
+
     try:
+        _check_run_flags(args)
         return args.run(args)
+    except StalledRun as error:
+        print(f"\nflowtrunc: error: {error}", file=sys.stderr)
+        return 4
     except ValueError as error:
         print(f"flowtrunc: error: {error}", file=sys.stderr)
         return 2

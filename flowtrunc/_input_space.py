@@ -12,7 +12,7 @@ import jax.numpy as jnp
 from jax import lax
 
 from ._custom_types import Array, Float
-from ._linalg import matmul
+from ._linalg import matmul, solve
 from ._network import AbstractReLUNet, AdaptedReLUNet
 from ._validate import check_finite, check_invertible, float_array
 
@@ -66,7 +66,7 @@ def truncation_map(
 def _truncate(weights, biases, x):
     """The truncation map on a batch `(N, M)`, without validation."""
     activated = jnp.maximum(matmul(x, weights.T) + biases[None], 0.0) - biases[None]
-    return jnp.linalg.solve(weights, activated.T).T
+    return solve(weights, activated.T).T
 
 
 def thresholds(
@@ -132,7 +132,7 @@ def input_layer(
     check_invertible("cumulative weights", w_cum[:layer])
     if method == "forward":
         hidden = net.hidden_layers(flat)[layer - 1] - b_cum[layer - 1][None]
-        return jnp.linalg.solve(w_cum[layer - 1], hidden.T).T.reshape(x.shape)
+        return solve(w_cum[layer - 1], hidden.T).T.reshape(x.shape)
 
     def step(xt, wb):
         return _truncate(*wb, xt), None

@@ -12,7 +12,7 @@ import jax.numpy as jnp
 from jax import lax
 
 from ._custom_types import Array, Float, PRNGKeyArray
-from ._linalg import matmul
+from ._linalg import matmul, orthonormal_columns
 from ._random import standard_normal
 from ._validate import (
     check_finite,
@@ -182,8 +182,8 @@ class AdaptedReLUNet(AbstractReLUNet):
     ) -> "AdaptedReLUNet":
         """Draws a random adapted network.
 
-        - frame: Haar-distributed on O(M) (QR of a standard Gaussian matrix, columns
-          multiplied by the signs of diag(R_qr));
+        - frame: Haar-distributed on O(M) (the Q of a standard Gaussian matrix's QR
+          factorisation with R's diagonal positive);
         - scales: `exp(scale_spread * z)`, z standard normal (log-normal around 1);
         - biases: `bias_scale * z`, z standard normal.
         """
@@ -195,8 +195,7 @@ class AdaptedReLUNet(AbstractReLUNet):
         dtype = jnp.zeros((), dtype).dtype if dtype is not None else jnp.result_type(float)
         kf, ks, kb = jax.random.split(key, 3)
         gauss = standard_normal(kf, (width, width), dtype)
-        q, r = jnp.linalg.qr(gauss)
-        frame = q * jnp.where(jnp.diag(r) < 0, -1.0, 1.0).astype(dtype)[None]
+        frame = orthonormal_columns(gauss)
         scales = jnp.exp(scale_spread * standard_normal(ks, (depth, width), dtype))
         biases = bias_scale * standard_normal(kb, (depth, width), dtype)
         return cls(frame=frame, scales=scales, biases=biases)

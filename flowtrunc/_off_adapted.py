@@ -15,7 +15,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ._linalg import matmul
+from ._linalg import matmul, polar_factor
 from ._network import AdaptedReLUNet, ReLUNet
 from ._random import standard_normal
 from ._validate import is_concrete
@@ -39,8 +39,7 @@ def nearest_adapted(net: ReLUNet) -> AdaptedReLUNet:
     layer l >= 2 with a diagonal entry <= 0 gives NaN scales (no adapted network is near);
     on concrete inputs it is an error."""
     weights = net.layer_weights()
-    u, _, vt = jnp.linalg.svd(weights[0])
-    frame = matmul(u, vt)
+    frame = polar_factor(weights[0])
     first = jnp.diagonal(matmul(weights[0], frame.T))
     rest = jnp.diagonal(weights[1:], axis1=1, axis2=2)
     scales = jnp.concatenate([first[None], rest], axis=0)

@@ -16,6 +16,7 @@ import re
 import shutil
 import socket
 import sys
+import threading
 import time
 
 import jax
@@ -38,6 +39,56 @@ RESUMABLE_CHANGES = ("chunk_size",)
 
 class OutputError(ValueError):
     """A run's files cannot be written or read; the message says which and what to do."""
+
+
+# seconds a chunk may go without finishing before the run stops (compilation included)
+DEFAULT_STALL_TIMEOUT = 1800.0
+
+
+class StalledRun(RuntimeError):
+    """A chunk made no progress within the stall timeout; the run was stopped."""
+
+
+_abandoned: list[threading.Thread] = []
+
+
+def abandoned_work() -> bool:
+    """Whether a stalled or interrupted chunk is still running in a thread (the process
+    must then end without waiting for it: `os._exit`)."""
+    return any(thread.is_alive() for thread in _abandoned)
+
+
+def watched(work, timeout: float | None, what: str):
+    """`work()` in a worker thread; raises `StalledRun` if it has not finished within
+    `timeout` seconds (None or 0: wait as long as it takes). The main thread stays free, so
+    Ctrl-C interrupts at once. A stalled computation cannot be cancelled inside XLA: the
+    thread is left behind and `abandoned_work()` says so."""
+    if not timeout:
+        return work()
+    box = {}
+
+    def run():
+        try:
+            box["value"] = work()
+        except BaseException as error:  # handed to the caller
+            box["error"] = error
+
+    thread = threading.Thread(target=run, name="flowtrunc-chunk", daemon=True)
+    thread.start()
+    try:
+        thread.join(timeout)
+    finally:
+        if thread.is_alive():
+            _abandoned.append(thread)
+    if thread.is_alive():
+        raise StalledRun(
+            f"{what} made no progress for {timeout:g} s (compilation included) and was stopped. "
+            "If the problem is just large, raise --stall-timeout (0 waits forever) or lower "
+            "--chunk-size; finished chunks are kept, continue with the same command plus --resume."
+        )
+    if "error" in box:
+        raise box["error"]
+    return box["value"]
 
 
 # ---------------------------------------------------------------- writing files
@@ -150,6 +201,13 @@ def prepare_directory(out_dir: str, config: CompareConfig, resume: bool) -> bool
                 file=sys.stderr,
             )
         return False
+    if _never_started(out_dir):
+        print(
+            f"flowtrunc: note: {out_dir!r} holds only the settings of a run that stopped before "
+            "its first chunk; starting it afresh.",
+            file=sys.stderr,
+        )
+        shutil.rmtree(out_dir)
     if os.path.isdir(out_dir) and os.listdir(out_dir):
         if os.path.isfile(os.path.join(out_dir, CONFIG)):
             raise ValueError(
@@ -168,6 +226,21 @@ def prepare_directory(out_dir: str, config: CompareConfig, resume: bool) -> bool
         ) from error
     write_json(os.path.join(out_dir, CONFIG), {**config.to_dict(), "provenance": origin})
     return True
+
+
+def _never_started(out_dir: str) -> bool:
+    """A run directory that a killed run left before its first chunk: `config.json`, an
+    empty `chunks/`, at most a lock of a dead process and temporary files; nothing computed."""
+    if not os.path.isdir(out_dir):
+        return False
+    names = {name for name in os.listdir(out_dir) if ".tmp-" not in name}
+    if CONFIG not in names or not names <= {CONFIG, "chunks", LOCK}:
+        return False
+    chunk_dir = os.path.join(out_dir, "chunks")
+    if os.path.exists(chunk_dir) and (not os.path.isdir(chunk_dir) or os.listdir(chunk_dir)):
+        return False
+    lock = RunLock(out_dir)
+    return not (os.path.exists(lock.path) and lock._holder_alive())
 
 
 class RunLock:
@@ -324,6 +397,7 @@ def run_compare(
     resume: bool = False,
     max_chunks: int | None = None,
     progress: "bool | Progress" = True,
+    stall_timeout: float | None = DEFAULT_STALL_TIMEOUT,
 ) -> bool:
     """Runs (or continues) a comparison into `out_dir`. Each finished chunk is written
     atomically; with `resume`, finished seeds are skipped (the chunk size may change).
@@ -332,12 +406,15 @@ def run_compare(
     that fails before its first chunk is written leaves no directory behind. `progress`:
     show a progress line, or a `Progress` to continue (a sweep's one line over points).
     Settings left to the device (`precision`, `chunk_size` unset) keep on resume the values
-    the run began with."""
+    the run began with. A chunk that takes longer than `stall_timeout` seconds stops the run
+    with `StalledRun` (None or 0: no limit)."""
     config, user_data = resolve_data(settle_device_settings(config, out_dir, resume))
     _enable_precision(config)
     if jax.process_index() != 0:  # in a multi-process run only process 0 touches the files
         covered = _tell_others(True, None, config.seeds)
-        return _run_chunks(config, user_data, os.path.abspath(out_dir), max_chunks, False, covered)
+        return _run_chunks(
+            config, user_data, os.path.abspath(out_dir), max_chunks, False, covered, stall_timeout
+        )
     started = created = False
     try:
         created = prepare_directory(out_dir, config, resume)
@@ -346,7 +423,7 @@ def run_compare(
             _remove_stray_temporaries(out_dir)
             covered = _tell_others(True, _covered(config.seeds, finished_ranges(out_dir)), config.seeds)
             started = True
-            return _run_chunks(config, user_data, out_dir, max_chunks, progress, covered)
+            return _run_chunks(config, user_data, out_dir, max_chunks, progress, covered, stall_timeout)
     except BaseException:
         if not started:
             _tell_others(False)
@@ -388,7 +465,7 @@ def _tell_others(ok: bool, covered: np.ndarray | None = None, num_seeds: int = 0
     return np.asarray(multihost_utils.broadcast_one_to_all(mask.astype(np.int8))).astype(bool)
 
 
-def _run_chunks(config, user_data, out_dir, max_chunks, progress, covered) -> bool:
+def _run_chunks(config, user_data, out_dir, max_chunks, progress, covered, stall_timeout) -> bool:
     leader = jax.process_index() == 0
     todo = _gaps(covered, config.chunk_size)
     bar = progress if isinstance(progress, Progress) else Progress(config.seeds, enabled=progress and leader)
@@ -400,7 +477,11 @@ def _run_chunks(config, user_data, out_dir, max_chunks, progress, covered) -> bo
             bar.compiling()
         began = time.perf_counter()
         seeds = np.arange(start, stop)
-        metrics, trajectories = run_chunk(config, user_data, seeds, pad_to=config.chunk_size)
+        metrics, trajectories = watched(
+            lambda: run_chunk(config, user_data, seeds, pad_to=config.chunk_size),
+            stall_timeout,
+            f"the chunk of seeds {start}..{stop - 1}",
+        )
         seconds = time.perf_counter() - began
         if leader:
             if start == 0 and config.keep > 0:

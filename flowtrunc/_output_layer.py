@@ -18,7 +18,7 @@ import numpy as np
 from ._cost import check_data
 from ._data import Dataset
 from ._input_space import input_layer
-from ._linalg import matmul
+from ._linalg import matmul, orthonormal_columns, solve
 from ._network import AbstractReLUNet
 from ._random import standard_normal
 from ._validate import check_finite, check_shape, float_array, is_concrete
@@ -62,8 +62,8 @@ class OutputLayer(eqx.Module):
             )
         dtype = jnp.zeros((), dtype).dtype if dtype is not None else jnp.result_type(float)
         ku, kv = jax.random.split(key)
-        u, _ = jnp.linalg.qr(standard_normal(ku, (width, width), dtype))
-        v, _ = jnp.linalg.qr(standard_normal(kv, (width, width), dtype))
+        u = orthonormal_columns(standard_normal(ku, (width, width), dtype))
+        v = orthonormal_columns(standard_normal(kv, (width, width), dtype))
         sigma = jnp.asarray(condition, dtype) ** jnp.linspace(0.5, -0.5, width, dtype=dtype)
         return cls(weight=matmul(u * sigma[None], v.T), bias=jnp.zeros(width, dtype))
 
@@ -85,7 +85,7 @@ def pulled_back(net: AbstractReLUNet, layer: OutputLayer, data: Dataset) -> tupl
     w_cum, b_cum = net.cumulative()
     total = matmul(layer.weight, w_cum[-1])
     shifted = data.targets - (matmul(layer.weight, b_cum[-1]) + layer.bias)[None]
-    return matmul(total.T, total), jnp.linalg.solve(total, shifted.T).T
+    return matmul(total.T, total), solve(total, shifted.T).T
 
 
 def metric_cost(net: AbstractReLUNet, data: Dataset, metric) -> jax.Array:

@@ -19,6 +19,7 @@ import numpy as np
 from ._config import CompareConfig, setting_kind
 from ._kinds import SOLUTION_KINDS
 from ._output import (
+    DEFAULT_STALL_TIMEOUT,
     SUMMARY,
     OutputError,
     Progress,
@@ -144,17 +145,18 @@ def run_sweep(
     resume: bool = False,
     max_points: int | None = None,
     progress: bool = True,
+    stall_timeout: float | None = DEFAULT_STALL_TIMEOUT,
 ) -> bool:
     """Runs (or continues) a comparison at every grid point into `out_dir`; returns True
     when every point is done (then the table and figures exist). `max_points` stops after
     that many newly finished points. In a multi-process run process 0 alone checks and
     writes the directory and tells the others which points are done; every process then
-    takes part in each remaining point (see `run_compare`)."""
+    takes part in each remaining point (see `run_compare`, also for `stall_timeout`)."""
     base = settle_sweep_settings(base, out_dir, resume)
     points = grid_points(base, grid)
     if jax.process_index() != 0:
         done = _tell_others(True, None, len(points))
-        return _run_points(points, grid, os.path.abspath(out_dir), max_points, False, done)
+        return _run_points(points, grid, os.path.abspath(out_dir), max_points, False, done, stall_timeout)
     try:
         out_dir = _check_out(out_dir)
         record = {"grid": grid, "base": base.to_dict(), "provenance": provenance(base)}
@@ -171,7 +173,7 @@ def run_sweep(
     finished = [os.path.isfile(os.path.join(_point_folder(out_dir, i), SUMMARY)) for i in range(len(points))]
     done = _tell_others(True, np.array(finished, bool), len(points))
     try:
-        return _run_points(points, grid, out_dir, max_points, progress, done)
+        return _run_points(points, grid, out_dir, max_points, progress, done, stall_timeout)
     except BaseException:
         kept = [
             name
@@ -187,7 +189,7 @@ def _point_folder(out_dir: str, index: int) -> str:
     return os.path.join(out_dir, "points", f"{index:04d}")
 
 
-def _run_points(points, grid, out_dir, max_points, progress, done) -> bool:
+def _run_points(points, grid, out_dir, max_points, progress, done, stall_timeout) -> bool:
     """One progress line over every point's seeds (ETA from the chunks that did not compile).
     `done`: which points were finished before (the same in every process)."""
     bar = Progress(sum(config.seeds for config in points), enabled=progress)
@@ -201,7 +203,7 @@ def _run_points(points, grid, out_dir, max_points, progress, done) -> bool:
             return False
         where = ", ".join(f"{k}={getattr(config, k)}" for k in grid)
         bar.label = f"point {index + 1}/{len(points)} ({where}) "
-        run_compare(config, folder, resume=os.path.isdir(folder), progress=bar)
+        run_compare(config, folder, resume=os.path.isdir(folder), progress=bar, stall_timeout=stall_timeout)
         finished += 1
     if jax.process_index() == 0:
         write_table(out_dir)

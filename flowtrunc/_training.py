@@ -26,7 +26,7 @@ from jax import lax
 from ._cost import check_data, input_cost
 from ._data import Dataset
 from ._effective import PARAMETERISATIONS
-from ._linalg import matmul
+from ._linalg import matmul, symmetric_eigenvalues
 from ._network import AdaptedReLUNet, ReLUNet
 from ._output_layer import OutputLayer, output_cost, pulled_back
 from ._results import RESULTS
@@ -190,7 +190,7 @@ def observe(net, data: Dataset, frame, output_layer=None):
     else:
         cost = output_cost(net, output_layer, data)
         metric, pulled = pulled_back(net, output_layer, data)
-        eigenvalues = jnp.linalg.eigvalsh(metric)
+        eigenvalues = symmetric_eigenvalues(metric)
         extremes = jnp.stack([eigenvalues[0], eigenvalues[-1]])
     in_frame = matmul(w_cum, frame.T[None])
     diagonal = jnp.diagonal(in_frame, axis1=1, axis2=2)
