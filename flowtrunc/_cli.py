@@ -12,7 +12,8 @@ import math
 import os
 import sys
 
-from ._config import CompareConfig, describe_setting, setting_kind
+from . import _compile_cache as compile_cache
+from ._config import DATA_FIXED, CompareConfig, describe_setting, setting_kind
 
 NO_SEED_OK = 3
 # settings the command line takes from other flags (or that the CLI fixes itself)
@@ -23,13 +24,23 @@ def _flag(name: str) -> str:
     return "--" + name.replace("_", "-")
 
 
+_config_texts: dict = {}  # a pipe (`--config <(echo ...)`) can be read only once
+
+
 def _read_config_file(path: str) -> dict:
-    if not os.path.isfile(path):
-        raise ValueError(f"--config {path!r} does not exist.")
+    if os.path.isdir(path):
+        raise ValueError(f"--config {path!r} is a directory; give a JSON file.")
+    if path not in _config_texts:
+        try:
+            with open(path) as f:
+                _config_texts[path] = f.read()
+        except FileNotFoundError:
+            raise ValueError(f"--config {path!r} does not exist.") from None
+        except (OSError, UnicodeDecodeError) as error:
+            raise ValueError(f"--config {path!r} cannot be read ({error}).") from None
     try:
-        with open(path) as f:
-            values = json.load(f)
-    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        values = json.loads(_config_texts[path])
+    except json.JSONDecodeError as error:
         raise ValueError(f"--config {path!r} is not valid JSON ({error}).") from error
     if not isinstance(values, dict):
         raise ValueError(f'--config {path!r} must hold a JSON object of settings, e.g. {{"lr": 0.01}}.')
@@ -44,7 +55,8 @@ def resolve_config(args, defaults: dict | None = None) -> CompareConfig:
     if args.config is not None:
         values.update(_read_config_file(args.config))
         values.pop("sweep", None)
-        base_dir = os.path.dirname(os.path.abspath(args.config))
+        # relative paths from the file's folder (from the working directory for a pipe)
+        base_dir = os.path.dirname(os.path.abspath(args.config)) if os.path.isfile(args.config) else os.getcwd()
         config = CompareConfig.from_dict(values, base_dir=base_dir)  # errors name the file's keys
         values = {k: v for k, v in config.to_dict().items() if k in values}
     elif values:
@@ -54,12 +66,13 @@ def resolve_config(args, defaults: dict | None = None) -> CompareConfig:
         if given is not None and field.name not in _SPECIAL:
             values[field.name] = given
     if args.data is not None:
-        fixed = [name for name in ("dim", "points", "clusters") if getattr(args, name) is not None]
-        if fixed:
-            raise ValueError(
-                f"--data fixes the dimension, point count and classes; drop --{', --'.join(fixed)}."
-            )
         values["data"] = os.path.abspath(args.data)
+    fixed = [name for name in DATA_FIXED if name in values and name not in (defaults or {})]
+    if values.get("data") is not None and fixed:
+        raise ValueError(
+            f"the data file fixes the dimension, point count and classes; drop "
+            f"{', '.join(f'--{name} (or the config key {name!r})' for name in fixed)}."
+        )
     return CompareConfig.from_dict(values)
 
 
@@ -171,6 +184,7 @@ def _compare(args) -> int:
     import jax
 
     jax.config.update("jax_enable_x64", config.precision == 64)
+    cache = compile_cache.enable(compile_cache.chosen_folder(args.compile_cache))
     from ._compare import resolve_data
     from ._output import run_compare
 
@@ -180,11 +194,12 @@ def _compare(args) -> int:
         f"N={resolved.points} Q={resolved.clusters}, lr={resolved.lr}, t1={resolved.t1}, "
         f"mode={resolved.mode}{' (weights frozen)' if resolved.freeze_weights else ''}, "
         f"{resolved.parameterisation} parameterisation, {resolved.cost} cost, "
-        f"float{resolved.precision}, {jax.device_count()} device(s) -> {args.out}",
+        f"float{resolved.precision}{_data_cast(resolved)}, {jax.device_count()} device(s) -> {args.out}",
         file=sys.stderr,
     )
     try:
         run_compare(resolved, args.out, resume=args.resume, stall_timeout=args.stall_timeout)
+        _print_cache_use(cache)
     except KeyboardInterrupt:
         saved = os.path.isfile(os.path.join(args.out, "config.json"))
         print(
@@ -201,6 +216,30 @@ def _compare(args) -> int:
         )
         return 0
     return _print_summary(args.out)
+
+
+def _data_cast(config) -> str:
+    """`" (data x: float32 cast to float64)"` when the data file holds another type."""
+    if config.data is None:
+        return ""
+    import numpy as np
+
+    with np.load(config.data) as archive:
+        stored = archive["x"].dtype
+    wanted = np.dtype(f"float{config.precision}")
+    return "" if stored == wanted else f" (data x: {stored} cast to {wanted})"
+
+
+def _print_cache_use(folder) -> None:
+    if folder is None:
+        return
+    used = compile_cache.counts()
+    print(
+        f"compilation cache: {used['hits']} of {used['requests']} compiled programs loaded, "
+        f"{used['writes']} compiled and saved; {used['loaded']} traced programs loaded, "
+        f"{used['saved']} traced and saved ({folder})",
+        file=sys.stderr,
+    )
 
 
 def _print_summary(out_dir) -> int:
@@ -296,6 +335,7 @@ def _sweep(args) -> int:
     import jax
 
     jax.config.update("jax_enable_x64", base.precision == 64)
+    cache = compile_cache.enable(compile_cache.chosen_folder(args.compile_cache))
     from ._compare import resolve_data
 
     base, _ = resolve_data(base)
@@ -308,6 +348,7 @@ def _sweep(args) -> int:
     )
     try:
         run_sweep(base, grid, args.out, resume=args.resume, stall_timeout=args.stall_timeout)
+        _print_cache_use(cache)
     except KeyboardInterrupt:
         print(
             "\ninterrupted; finished points are kept. Continue with the same command plus --resume.",
@@ -484,6 +525,12 @@ def _add_run_flags(parser) -> None:
         metavar="SECONDS",
         help="stop the run (exit 4, finished chunks kept) when one chunk, compilation included, "
         f"takes longer than this; 0 waits forever (default: {DEFAULT_STALL_TIMEOUT:g})",
+    )
+    parser.add_argument(
+        "--compile-cache",
+        metavar="DIR",
+        help="folder of compiled programs reused by later runs, or 'off' (default: "
+        f"${compile_cache.ENVIRONMENT} if set, else {compile_cache.default_folder()})",
     )
 
 

@@ -7,6 +7,7 @@ shared time grid `t_i = i · save_every · lr`, and scalar metrics comparing the
 
 import dataclasses
 import math
+import os
 
 import equinox as eqx
 import jax
@@ -14,6 +15,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
+from . import _program_cache as program_cache
 from ._config import CompareConfig
 from ._data import Dataset, load_npz, make_staircase
 from ._effective import at_active, gamma_column, weights_flag
@@ -27,11 +29,28 @@ from ._results import RESULTS
 from ._training import _stability_bound, train
 
 
+def check_fits_in_memory(config: CompareConfig) -> None:
+    """Refuses a run whose per-seed metrics (gathered at the end, ~200 bytes a seed plus two
+    collapse times per class) would not fit in this machine's memory."""
+    per_seed = 200 + 16 * config.clusters
+    needed = config.seeds * per_seed
+    try:
+        memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (AttributeError, ValueError, OSError):
+        return
+    if needed > memory // 2:
+        raise ValueError(
+            f"`seeds` = {config.seeds} needs about {needed / 2**30:.1f} GiB for its per-seed metrics, more "
+            f"than half this machine's {memory / 2**30:.1f} GiB; run at most "
+            f"{memory // 2 // per_seed} seeds at a time (several --out runs)."
+        )
+
+
 def resolve_data(config: CompareConfig) -> tuple[CompareConfig, Dataset | None]:
     """Loads the user's dataset, if any, and fixes `dim`, `points`, `clusters` from it."""
     if config.data is None:
         return config, None
-    data = load_npz(config.data)
+    data = load_npz(config.data, dtype=float_dtype(config))
     resolved = dataclasses.replace(config, dim=data.width, points=data.num_points, clusters=data.num_classes)
     return resolved, data
 
@@ -327,7 +346,13 @@ def run_chunk(config: CompareConfig, user_data, seeds: np.ndarray, pad_to: int |
     host_seeds = np.concatenate([seeds, np.full(padded - len(seeds), seeds[-1])]).astype(np.int32)
     # every process holds the whole chunk and places its devices' slices (multi-host safe)
     seed_array = jax.make_array_from_callback(host_seeds.shape, sharding, lambda index: host_seeds[index])
-    outputs = _compare_batch(seed_array, *split_values(config), user_data)
+    static, values = split_values(config)
+    outputs = program_cache.call(
+        "compare_batch",
+        lambda seeds, values, data: _compare_batch(seeds, static, values, data),
+        (seed_array, values, user_data),
+        static,
+    )
     if jax.process_count() > 1:
         from jax.experimental import multihost_utils
 
@@ -341,9 +366,11 @@ def compare(config: CompareConfig, seeds=None, *, progress=None):
     in memory. Returns `(metrics, trajectories)`: per-seed metric arrays, and the
     trajectories of the first `config.keep` seeds. For runs that write results as they
     go and can resume, use `run_compare` (the `flowtrunc compare` command)."""
-    config, user_data = resolve_data(config.on_device())
-    seeds = np.arange(config.seeds) if seeds is None else np.asarray(seeds, np.int64)
+    config = config.on_device()
+    check_fits_in_memory(config)
     _enable_precision(config)
+    config, user_data = resolve_data(config)
+    seeds = np.arange(config.seeds) if seeds is None else np.asarray(seeds, np.int64)
     parts, kept = [], None
     for start in range(0, len(seeds), config.chunk_size):
         chunk = seeds[start : start + config.chunk_size]

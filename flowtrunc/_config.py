@@ -26,6 +26,12 @@ def _setting(default, help: str, unit: str = "", choices=None):
     return dataclasses.field(default=default, metadata=dict(help=help, unit=unit, choices=choices))
 
 
+# seeds are int32 in the compiled program; a run's per-seed metrics are gathered in memory
+MAX_SEEDS = 10**9
+# settings a data file fixes (read from it)
+DATA_FIXED = ("dim", "points", "clusters")
+
+
 @dataclasses.dataclass(frozen=True)
 class CompareConfig:
     """Everything that defines a comparison run (saved as `config.json`).
@@ -99,6 +105,17 @@ class CompareConfig:
                 raise ValueError(f"`{name}` must be a positive int, got {getattr(self, name)!r}.")
         if self.keep < 0:
             raise ValueError(f"`keep` must be an int >= 0, got {self.keep!r}.")
+        if self.seeds > MAX_SEEDS:
+            raise ValueError(
+                f"`seeds` = {self.seeds} is more than one run can hold (at most {MAX_SEEDS}: seeds "
+                "are 32-bit, and every seed's metrics are gathered at the end); split the work into "
+                "runs over fewer seeds."
+            )
+        if self.chunk_size is not None and self.keep > self.chunk_size:
+            raise ValueError(
+                f"`keep` = {self.keep} exceeds `chunk_size` = {self.chunk_size}: trajectories are kept "
+                "from the first chunk only. Lower --keep or raise --chunk-size."
+            )
         for name in ("spread", "lr", "t1", "rtol", "atol"):
             if not getattr(self, name) > 0:
                 raise ValueError(f"`{name}` must be a positive number, got {getattr(self, name)!r}.")

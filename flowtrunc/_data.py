@@ -50,6 +50,12 @@ class Dataset(eqx.Module):
             check_finite("targets", targets)
         if is_concrete(labels):
             values = np.asarray(labels)
+            if values.min() < 0 or values.max() >= x.shape[0] and targets is None:
+                raise ValueError(
+                    f"`labels` must be the integers 0..Q-1 (every class with a point), got values "
+                    f"{values.min()}..{values.max()} for {x.shape[0]} points; relabel them with "
+                    "`labels = numpy.unique(labels, return_inverse=True)[1]`."
+                )
             if values.min() < 0 or values.max() >= num_classes:
                 raise ValueError(
                     f"`labels` must lie in 0..{num_classes - 1} (one per target row), got "
@@ -58,10 +64,12 @@ class Dataset(eqx.Module):
                 )
             counts = np.bincount(values, minlength=num_classes)
             if np.any(counts == 0):
-                empty = np.flatnonzero(counts == 0).tolist()
+                empty = np.flatnonzero(counts == 0)
+                shown = ", ".join(str(q) for q in empty[:5]) + (", ..." if len(empty) > 5 else "")
                 raise ValueError(
-                    f"class(es) {empty} have no points; there are {num_classes} targets. "
-                    "Drop those targets or relabel the classes to 0..Q-1."
+                    f"{len(empty)} of {num_classes} classes have no points ({shown}). Drop those "
+                    "targets, or relabel the classes with "
+                    "`labels = numpy.unique(labels, return_inverse=True)[1]`."
                 )
         if targets is None:
             one_hot = jax.nn.one_hot(labels, num_classes, dtype=x.dtype)
@@ -127,11 +135,15 @@ def make_clusters(
     return Dataset(x=x, labels=labels, targets=centres + offset[None])
 
 
-def load_npz(path: str | os.PathLike) -> Dataset:
+def load_npz(path: str | os.PathLike, dtype=None) -> Dataset:
     """Loads a dataset from an `.npz` file with arrays `x` `(N, M)`, `labels` `(N,)` and,
-    optionally, `targets` `(Q, M)` (default: class means)."""
+    optionally, `targets` `(Q, M)` (default: class means). Numbers of any integer or
+    floating type are cast to `dtype` (default: JAX's default float), after a check that
+    they fit in it."""
     path = os.fspath(path)
-    if not os.path.isfile(path):
+    if os.path.isdir(path):
+        raise ValueError(f"data file {path!r} is a directory; give the path of an .npz file.")
+    if not os.path.exists(path):
         raise ValueError(f"data file {path!r} does not exist; give the path of an .npz file.")
     try:
         archive = np.load(path, allow_pickle=False)
@@ -149,19 +161,42 @@ def load_npz(path: str | os.PathLike) -> Dataset:
                 f"data file {path!r} lacks array(s) {missing}; it has {archive.files}. Save "
                 "it with `numpy.savez(path, x=..., labels=..., targets=...)`."
             )
-        x, labels = archive["x"], archive["labels"]
-        if not (np.issubdtype(x.dtype, np.integer) or np.issubdtype(x.dtype, np.floating)):
-            raise ValueError(f"data file {path!r}: `x` has dtype {x.dtype}; it must hold numbers.")
-        if np.issubdtype(x.dtype, np.integer):
-            x = x.astype(np.float64)
+        try:
+            x, labels = archive["x"], archive["labels"]
+            targets = archive["targets"] if "targets" in archive.files else None
+        except ValueError as error:  # object arrays need pickle, which is refused
+            raise ValueError(
+                f"data file {path!r} holds object arrays ({error}); save plain numeric arrays, "
+                "e.g. `numpy.savez(path, x=x.astype(float), labels=labels.astype(int))`."
+            ) from None
+        dtype = jnp.zeros((), dtype).dtype if dtype is not None else jnp.result_type(float)
+        x = _as_float(path, "x", x, dtype)
+        targets = None if targets is None else _as_float(path, "targets", targets, dtype)
         if not np.issubdtype(labels.dtype, np.integer):
             raise ValueError(
                 f"data file {path!r}: `labels` has dtype {labels.dtype}, but labels must be "
                 "integers 0..Q-1; map class names to integers first, e.g. "
                 "`labels = numpy.unique(names, return_inverse=True)[1]`."
             )
-        targets = archive["targets"] if "targets" in archive.files else None
         return Dataset(x=x, labels=labels, targets=targets)
+
+
+def _as_float(path, name, values, dtype) -> np.ndarray:
+    """`values` cast to `dtype`, refusing non-numbers and values that overflow it."""
+    if not (np.issubdtype(values.dtype, np.integer) or np.issubdtype(values.dtype, np.floating)):
+        raise ValueError(f"data file {path!r}: `{name}` has dtype {values.dtype}; it must hold numbers.")
+    wide = values.astype(np.float64) if values.dtype != np.float64 else values
+    if not np.all(np.isfinite(wide)):
+        bad = int(np.sum(~np.isfinite(wide)))
+        raise ValueError(f"data file {path!r}: `{name}` contains {bad} NaN or inf value(s); remove or impute them.")
+    limit = float(np.finfo(dtype).max)
+    if wide.size and float(np.max(np.abs(wide))) > limit:
+        raise ValueError(
+            f"data file {path!r}: `{name}` holds values up to {float(np.max(np.abs(wide))):.3g}, beyond "
+            f"the largest {np.dtype(dtype).name} ({limit:.3g}); standardise the data, or run at "
+            "--precision 64."
+        )
+    return wide.astype(dtype)
 
 
 def make_staircase(

@@ -22,7 +22,7 @@ import time
 import jax
 import numpy as np
 
-from ._compare import _enable_precision, resolve_data, run_chunk
+from ._compare import _enable_precision, check_fits_in_memory, resolve_data, run_chunk
 from ._config import DEVICE_CHOSEN, CompareConfig
 
 CONFIG, SEEDS, TRAJECTORIES, SUMMARY, LOCK = (
@@ -32,7 +32,7 @@ CONFIG, SEEDS, TRAJECTORIES, SUMMARY, LOCK = (
     "summary.json",
     ".lock",
 )
-_CHUNK = re.compile(r"seeds_(\d{8})-(\d{8})\.npz")
+_CHUNK = re.compile(r"seeds_(\d{8,})-(\d{8,})\.npz")
 # settings a resumed run may change: results do not depend on them
 RESUMABLE_CHANGES = ("chunk_size",)
 
@@ -308,10 +308,60 @@ def _chunk_name(start: int, stop: int) -> str:
 
 
 def finished_ranges(out_dir: str) -> list[tuple[int, int]]:
-    """Seed ranges `[start, stop)` of the chunks already written, sorted."""
+    """Seed ranges `[start, stop)` of the chunks already written, sorted; overlapping
+    ranges (a chunk file copied in from elsewhere) are an error naming both files."""
     chunk_dir = os.path.join(out_dir, "chunks")
     found = [_CHUNK.fullmatch(name) for name in os.listdir(chunk_dir)] if os.path.isdir(chunk_dir) else []
-    return sorted((int(m[1]), int(m[2])) for m in found if m)
+    ranges = sorted((int(m[1]), int(m[2])) for m in found if m)
+    for (a, b), (c, d) in zip(ranges, ranges[1:]):
+        if c < b:
+            raise OutputError(
+                f"chunk files {_chunk_name(a, b)!r} and {_chunk_name(c, d)!r} in {chunk_dir!r} hold "
+                "overlapping seeds; one was not written by this run. Delete the one you did not "
+                "expect (or both) and resume to recompute the seeds."
+            )
+    return ranges
+
+
+def run_fingerprint(out_dir: str) -> str:
+    """What a chunk's numbers depend on: the run's settings (those a resume may change
+    excluded) and its data file's content, from `config.json`."""
+    config, origin = read_config(out_dir)
+    settings = {k: v for k, v in config.to_dict().items() if k not in RESUMABLE_CHANGES}
+    text = json.dumps({"settings": settings, "data_sha256": origin.get("data_sha256")}, sort_keys=True)
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def check_chunks(out_dir: str) -> list[tuple[int, int]]:
+    """Every chunk file of a run belongs to it: same fingerprint, seeds inside the run.
+    Returns the finished ranges."""
+    ranges = finished_ranges(out_dir)
+    if not ranges:
+        return ranges
+    config, _ = read_config(out_dir)
+    expected = run_fingerprint(out_dir)
+    for start, stop in ranges:
+        path = os.path.join(out_dir, "chunks", _chunk_name(start, stop))
+        if stop > config.seeds or start >= stop:
+            raise OutputError(
+                f"chunk file {path!r} holds seeds {start}..{stop - 1}, outside this run's 0..{config.seeds - 1}; "
+                "it belongs to another run. Delete it and resume."
+            )
+        try:
+            with np.load(path) as archive:
+                found = str(archive["fingerprint"]) if "fingerprint" in archive.files else None
+        except Exception as error:
+            raise OutputError(
+                f"chunk file {path!r} is damaged ({error}); delete it and resume to recompute it."
+            ) from error
+        if found != expected:
+            raise OutputError(
+                f"chunk file {path!r} was computed with other settings or data than this run's "
+                f"config.json ({'no fingerprint' if found is None else 'fingerprint differs'}); its "
+                "numbers would be mixed into the results. Delete it (or restore the original "
+                "config.json) and resume to recompute those seeds."
+            )
+    return ranges
 
 
 def pending_chunks(num_seeds: int, chunk_size: int, done: list[tuple[int, int]]) -> list[tuple[int, int]]:
@@ -338,7 +388,10 @@ def load_metrics(out_dir: str) -> tuple[dict, float]:
     """All per-seed metrics of a run from its chunk files, in seed order, and the seconds
     the chunks took in all."""
     parts, seconds = [], 0.0
-    for start, stop in finished_ranges(out_dir):
+    ranges = check_chunks(out_dir)
+    if not ranges:
+        raise OutputError(f"{out_dir!r} holds no finished chunk yet; run (or --resume) it first.")
+    for start, stop in ranges:
         path = os.path.join(out_dir, "chunks", _chunk_name(start, stop))
         try:
             with np.load(path) as archive:
@@ -348,6 +401,11 @@ def load_metrics(out_dir: str) -> tuple[dict, float]:
                 f"chunk file {path!r} is damaged ({error}); delete it and resume to recompute it."
             ) from error
         seconds += float(part.pop("chunk_seconds", 0.0))
+        part.pop("fingerprint", None)
+        if part.keys() != parts[0].keys() if parts else False:
+            raise OutputError(
+                f"chunk file {path!r} holds metrics {sorted(part)} unlike the others; delete it and resume."
+            )
         parts.append(part)
     return {key: np.concatenate([part[key] for part in parts]) for key in parts[0]}, seconds
 
@@ -408,8 +466,10 @@ def run_compare(
     Settings left to the device (`precision`, `chunk_size` unset) keep on resume the values
     the run began with. A chunk that takes longer than `stall_timeout` seconds stops the run
     with `StalledRun` (None or 0: no limit)."""
-    config, user_data = resolve_data(settle_device_settings(config, out_dir, resume))
+    config = settle_device_settings(config, out_dir, resume)
+    check_fits_in_memory(config)
     _enable_precision(config)
+    config, user_data = resolve_data(config)
     if jax.process_index() != 0:  # in a multi-process run only process 0 touches the files
         covered = _tell_others(True, None, config.seeds)
         return _run_chunks(
@@ -421,7 +481,7 @@ def run_compare(
         out_dir = os.path.abspath(out_dir)
         with RunLock(out_dir):
             _remove_stray_temporaries(out_dir)
-            covered = _tell_others(True, _covered(config.seeds, finished_ranges(out_dir)), config.seeds)
+            covered = _tell_others(True, _covered(config.seeds, check_chunks(out_dir)), config.seeds)
             started = True
             return _run_chunks(config, user_data, out_dir, max_chunks, progress, covered, stall_timeout)
     except BaseException:
@@ -470,6 +530,7 @@ def _run_chunks(config, user_data, out_dir, max_chunks, progress, covered, stall
     todo = _gaps(covered, config.chunk_size)
     bar = progress if isinstance(progress, Progress) else Progress(config.seeds, enabled=progress and leader)
     bar.skip(config.seeds - sum(stop - start for start, stop in todo))
+    fingerprint = run_fingerprint(out_dir) if leader else None
     for count, (start, stop) in enumerate(todo):
         if max_chunks is not None and count >= max_chunks:
             return False
@@ -488,7 +549,8 @@ def _run_chunks(config, user_data, out_dir, max_chunks, progress, covered, stall
                 kept = {name: value[: config.keep] for name, value in trajectories.items()}
                 write_atomic(os.path.join(out_dir, TRAJECTORIES), lambda p: _save_npz(p, kept))
             path = os.path.join(out_dir, "chunks", _chunk_name(start, stop))
-            write_atomic(path, lambda p: _save_npz(p, {**metrics, "chunk_seconds": np.float64(seconds)}))
+            stamp = {"chunk_seconds": np.float64(seconds), "fingerprint": np.asarray(fingerprint)}
+            write_atomic(path, lambda p: _save_npz(p, {**metrics, **stamp}))
         bar.chunk_done(stop - start, seconds, first=count == 0)
     if leader:
         finish(out_dir)

@@ -16,7 +16,7 @@ import shutil
 import jax
 import numpy as np
 
-from ._config import CompareConfig, setting_kind
+from ._config import DATA_FIXED, CompareConfig, setting_kind
 from ._kinds import SOLUTION_KINDS
 from ._output import (
     DEFAULT_STALL_TIMEOUT,
@@ -91,6 +91,12 @@ def grid_points(base: CompareConfig, grid: dict) -> list[CompareConfig]:
     """Every point of the grid (last key fastest), each checked by the config's rules."""
     if not grid:
         raise ValueError("the grid is empty; give --grid KEY=V1,V2,... (or none for the built-in sweep).")
+    fixed = [key for key in grid if key in DATA_FIXED]
+    if base.data is not None and fixed:
+        raise ValueError(
+            f"--grid {', '.join(fixed)}: the data file {base.data!r} fixes the dimension, point count "
+            "and classes, so every point would run the same data; sweep another setting."
+        )
     points = []
     for values in itertools.product(*grid.values()):
         settings = dict(zip(grid, values))

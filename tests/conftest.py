@@ -1,9 +1,34 @@
+import os
+import shutil
+import tempfile
+
 import jax
 import pytest
 from helpers import TINY
 
+from flowtrunc import _compile_cache as compile_cache
+
 jax.config.update("jax_enable_x64", True)
 jax.config.update("jax_numpy_rank_promotion", "raise")
+
+_OWN_CACHE = "FLOWTRUNC_TEST_OWNS_CACHE"
+_GIVEN_CACHE = "FLOWTRUNC_TEST_CACHE"
+
+
+def pytest_configure(config):
+    """One compilation cache per test run, shared by pytest-xdist's workers and by the CLI
+    subprocesses the tests start (they inherit the environment): programs dropped by
+    `jax.clear_caches` after a module, or traced in another process, come back from it."""
+    if "PYTEST_XDIST_WORKER" not in os.environ and _OWN_CACHE not in os.environ:
+        given = os.environ.get(_GIVEN_CACHE)  # one folder for several runs (CI's two tiers)
+        os.environ[compile_cache.ENVIRONMENT] = given or tempfile.mkdtemp(prefix="flowtrunc-test-cache-")
+        os.environ[_OWN_CACHE] = "keep" if given else "remove"
+    compile_cache.enable(compile_cache.chosen_folder(None))
+
+
+def pytest_unconfigure(config):
+    if "PYTEST_XDIST_WORKER" not in os.environ and os.environ.pop(_OWN_CACHE, None) == "remove":
+        shutil.rmtree(os.environ.pop(compile_cache.ENVIRONMENT), ignore_errors=True)
 
 
 @pytest.fixture(params=[0, 1, 2])

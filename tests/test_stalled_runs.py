@@ -1,0 +1,86 @@
+"""No run waits forever: a chunk without progress stops the run with a message and leaves
+nothing behind, and a directory a killed run left before its first chunk does not block a
+fresh run."""
+
+import json
+import os
+import time
+
+import pytest
+from helpers import TINY
+
+import flowtrunc._output as output
+from flowtrunc._cli import main
+from flowtrunc._config import CompareConfig
+
+
+def test_watched_work_that_stalls_is_reported_and_left_behind():
+    with pytest.raises(output.StalledRun, match=r"made no progress for 0.2 s.*--stall-timeout"):
+        output.watched(lambda: time.sleep(1.0), 0.2, "the sleeper")
+    assert output.abandoned_work()
+    time.sleep(1.2)
+    assert not output.abandoned_work()
+    assert output.watched(lambda: 7, 5.0, "quick") == 7
+    with pytest.raises(ZeroDivisionError):  # the work's own errors come through
+        output.watched(lambda: 1 / 0, 5.0, "failing")
+
+
+def test_a_stalled_first_chunk_stops_the_run_and_cleans_up(tmp_path, monkeypatch):
+    monkeypatch.setattr(output, "run_chunk", lambda *args, **kwargs: time.sleep(1.5))
+    out = tmp_path / "run"
+    with pytest.raises(output.StalledRun, match="seeds 0..3"):
+        output.run_compare(CompareConfig(**TINY), str(out), progress=False, stall_timeout=0.3)
+    assert not out.exists()  # config.json, .lock and chunks/ removed: a fresh run can start
+    time.sleep(1.5)
+
+
+def _left_by_a_killed_run(out, lock_pid):
+    (out / "chunks").mkdir(parents=True)
+    (out / "config.json").write_text(json.dumps(CompareConfig(**TINY).on_device().to_dict()))
+    if lock_pid is not None:
+        import socket
+
+        (out / ".lock").write_text(f"{socket.gethostname()} {lock_pid}\n")
+
+
+def test_a_directory_left_before_the_first_chunk_is_taken_over(tmp_path, capsys):
+    out = tmp_path / "run"
+    _left_by_a_killed_run(out, lock_pid=2**22 + 12345)  # no such process
+    config = CompareConfig(**TINY).on_device()
+    assert output.prepare_directory(str(out), config, resume=False)
+    assert "stopped before its first chunk; starting it afresh" in capsys.readouterr().err
+    assert sorted(os.listdir(out)) == ["chunks", "config.json"]
+
+
+@pytest.mark.parametrize(
+    "situation, message",
+    [
+        ("chunk", "already holds a flowtrunc run; pass --resume"),
+        ("live lock", "already holds a flowtrunc run; pass --resume"),
+        ("other file", "already holds a flowtrunc run; pass --resume"),
+    ],
+)
+def test_a_directory_with_results_or_a_live_writer_is_not_taken_over(tmp_path, situation, message):
+    out = tmp_path / "run"
+    _left_by_a_killed_run(out, lock_pid=os.getpid() if situation == "live lock" else None)
+    if situation == "chunk":
+        (out / "chunks" / "seeds_00000000-00000004.npz").write_bytes(b"")
+    if situation == "other file":
+        (out / "notes.txt").write_text("mine")
+    with pytest.raises(ValueError, match=message):
+        output.prepare_directory(str(out), CompareConfig(**TINY).on_device(), resume=False)
+
+
+@pytest.mark.parametrize(
+    "flags, message",
+    [
+        (["--stall-timeout", "-1"], "--stall-timeout must be a number of seconds >= 0"),
+        (["--stall-timeout", "nan"], "--stall-timeout must be a number of seconds >= 0"),
+        (["--connect-timeout", "-1"], "--connect-timeout must be a positive number of seconds"),
+    ],
+)
+def test_run_flags_are_checked_before_anything_is_written(tmp_path, capsys, flags, message):
+    out = tmp_path / "run"
+    assert main(["compare", "--out", str(out), *flags]) == 2
+    assert message in capsys.readouterr().err
+    assert not out.exists()
