@@ -111,6 +111,7 @@ def test_killed_process_resumes_to_identical_results(tmp_path):
     _assert_same(_metrics(out), _metrics(reference))
 
 
+@pytest.mark.slow  # convergence orders / large N: many compiled programs
 def test_default_scenario_agrees_to_order_lr():
     """On the default scenario (few seeds), the threshold error of adapted training
     against the flow halves with lr, as measured in the training tests."""

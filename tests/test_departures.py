@@ -17,6 +17,7 @@ def default():
     return problem(jax.random.key(0), num_points=30)
 
 
+@pytest.mark.slow  # convergence orders / large N: many compiled programs
 @pytest.mark.parametrize("method", ["orbit", "events"])
 def test_log_descent_converges_to_the_log_flow_with_order_one(default, method):
     """Steps on log d against `solve_effective(parameterisation="log")`: fitted slope of

@@ -210,6 +210,7 @@ DEGENERATE["point_on_threshold"] = _point_on_threshold()
 DEGENERATE["integer_pixels_zero_biases"] = _integer_pixels()
 
 
+@pytest.mark.slow  # convergence orders / large N: many compiled programs
 @pytest.mark.parametrize("case", sorted(DEGENERATE))
 def test_degenerate_starts_are_the_limit_of_gradient_descent(case):
     """max over t ∈ [0, 2] of |θ*_GD − θ*_flow| + max |D_GD − D_flow| at lr = 0.02, 0.01,
@@ -269,6 +270,7 @@ def large():
     return net, small, big
 
 
+@pytest.mark.slow  # convergence orders / large N: many compiled programs
 def test_sequential_steps_do_not_grow_with_n(large):
     """The orbit has no data in it: its solver steps at N = 10^5 are those at N = 10^3
     (up to the slightly different end levels), while the events grow with N."""
@@ -281,6 +283,7 @@ def test_sequential_steps_do_not_grow_with_n(large):
     assert int(b.num_steps) < 200
 
 
+@pytest.mark.slow  # convergence orders / large N: many compiled programs
 def test_float32_agrees_with_float64_at_large_n(large):
     """No event tolerance in the orbit solver: float32 agrees with float64 to float32
     accuracy at N = 10^5. Error model: the orbit at rtol 1e-6, the clock a float32 sum of

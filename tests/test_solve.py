@@ -183,6 +183,7 @@ def test_constructed_kink_stays_put(train_weights, method):
     assert np.all(np.asarray(sol.n_truncated)[stop:] == 2)
 
 
+@pytest.mark.slow  # convergence orders / large N: many compiled programs
 @pytest.mark.parametrize("method", ["orbit", "events"])
 def test_gradients_match_finite_differences(batch, method):
     """d(final cost)/d(initial biases, data) through every event, against central

@@ -84,3 +84,26 @@ def test_run_flags_are_checked_before_anything_is_written(tmp_path, capsys, flag
     assert main(["compare", "--out", str(out), *flags]) == 2
     assert message in capsys.readouterr().err
     assert not out.exists()
+
+
+@pytest.mark.slow
+def test_ctrl_c_during_compilation_exits_130_without_a_crash(tmp_path):
+    """SIGINT while the first chunk compiles (a shape no other test compiles): the
+    documented exit code and message, no segmentation fault, nothing left behind."""
+    import signal
+
+    from helpers import cli_process
+
+    out = tmp_path / "run"
+    flags = [f"--{k.replace('_', '-')}={v}" for k, v in {**TINY, "points": 13, "seeds": 4}.items()]
+    process = cli_process(["compare", "--out", str(out), *flags])
+    seen = ""
+    while "compiling" not in seen:
+        seen += process.stderr.read(1)
+        assert process.poll() is None, seen
+    time.sleep(2.0)
+    process.send_signal(signal.SIGINT)
+    _, err = process.communicate(timeout=120)
+    assert process.returncode == 130, seen + err
+    assert "interrupted before the first chunk; nothing was kept" in err
+    assert not out.exists()

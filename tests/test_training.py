@@ -20,6 +20,7 @@ def default():
     return problem(jax.random.key(0), num_points=30)
 
 
+@pytest.mark.slow  # convergence orders / large N: many compiled programs
 def test_gradient_descent_converges_to_the_flow_with_order_one(default):
     """Adapted GD at t = K lr against solve_effective: fitted slope of log error in
     log lr within [0.8, 1.2] (THEORY section 6), over a horizon with events."""
@@ -83,6 +84,7 @@ def test_no_drift_when_the_off_diagonal_gradient_vanishes():
     assert not np.allclose(run.thresholds[-1], run.thresholds[0])  # it did train
 
 
+@pytest.mark.slow  # convergence orders / large N: many compiled programs
 @pytest.mark.parametrize("mode", ["adapted", "unconstrained"])
 def test_true_gradient_flow_agrees_with_small_lr_descent(default, mode):
     """Adapted: adaptive diffrax, clean first order. Unconstrained training slides along a
