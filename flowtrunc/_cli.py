@@ -70,7 +70,7 @@ def resolve_config(args, defaults: dict | None = None) -> CompareConfig:
     fixed = [name for name in DATA_FIXED if name in values and name not in (defaults or {})]
     if values.get("data") is not None and fixed:
         raise ValueError(
-            f"the data file fixes the dimension, point count and classes; drop "
+            f"--data fixes the dimension, point count and classes (read from the file); drop "
             f"{', '.join(f'--{name} (or the config key {name!r})' for name in fixed)}."
         )
     return CompareConfig.from_dict(values)

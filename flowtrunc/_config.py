@@ -111,11 +111,7 @@ class CompareConfig:
                 "are 32-bit, and every seed's metrics are gathered at the end); split the work into "
                 "runs over fewer seeds."
             )
-        if self.chunk_size is not None and self.keep > self.chunk_size:
-            raise ValueError(
-                f"`keep` = {self.keep} exceeds `chunk_size` = {self.chunk_size}: trajectories are kept "
-                "from the first chunk only. Lower --keep or raise --chunk-size."
-            )
+
         for name in ("spread", "lr", "t1", "rtol", "atol"):
             if not getattr(self, name) > 0:
                 raise ValueError(f"`{name}` must be a positive number, got {getattr(self, name)!r}.")

@@ -45,7 +45,6 @@ CASES = [
     ("data-fixes-points", lambda t: ["--data", _data(t), "--points", "10"], "drop --points"),
     ("config-key-next-to-data", lambda t: ["--config", _config(t, {"data": _data(t), "dim": 3})], "drop --dim"),
     ("seeds-beyond-any-machine", lambda t: ["--seeds", "1000000000000"], "more than one run can hold"),
-    ("keep-above-chunk", lambda t: ["--keep", "8", "--chunk-size", "4"], "Lower --keep or raise --chunk-size"),
 ]
 
 
