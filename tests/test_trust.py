@@ -32,9 +32,13 @@ def _same(a, b):
         np.testing.assert_array_equal(a[key], b[key], err_msg=key)
 
 
-def _config_file(tmp_path, **values):
+def _config_file(tmp_path, with_data=False, **values):
+    """TINY as a config file; with a data file, without the settings the data fix."""
+    settings = {**TINY, **values}
+    if with_data:
+        settings = {k: v for k, v in settings.items() if k not in ("dim", "points", "clusters")}
     path = tmp_path / "c.json"
-    path.write_text(json.dumps({**TINY, **values}))
+    path.write_text(json.dumps(settings))
     return str(path)
 
 
@@ -174,7 +178,7 @@ def test_raw_scale_data_says_standardise(tmp_path, capsys):
     np.savez(data, x=1e8 * rng.normal(size=(12, 2)), labels=np.arange(12) % 2)
     out = tmp_path / "run"
     assert (
-        main(["compare", "--out", str(out), "--config", _config_file(tmp_path), "--data", str(data)])
+        main(["compare", "--out", str(out), "--config", _config_file(tmp_path, with_data=True), "--data", str(data)])
         == NO_SEED_OK
     )
     assert "standardise them" in capsys.readouterr().out
@@ -267,7 +271,8 @@ def test_relative_paths_in_a_config_file_resolve_from_its_folder(tmp_path, monke
     folder = tmp_path / "project"
     folder.mkdir()
     np.savez(folder / "mine.npz", x=np.random.default_rng(0).normal(size=(6, 2)), labels=np.arange(6) % 2)
-    (folder / "c.json").write_text(json.dumps({**TINY, "data": "mine.npz"}))
+    settings = {k: v for k, v in TINY.items() if k not in ("points", "clusters")}
+    (folder / "c.json").write_text(json.dumps({**settings, "data": "mine.npz"}))
     monkeypatch.chdir(tmp_path)
     args = build_parser().parse_args(["compare", "--out", "x", "--config", "project/c.json"])
     config = __import__("flowtrunc._cli", fromlist=["resolve_config"]).resolve_config(args)
