@@ -56,7 +56,8 @@ def resolve_config(args, defaults: dict | None = None) -> CompareConfig:
         values.update(_read_config_file(args.config))
         values.pop("sweep", None)
         # relative paths from the file's folder (from the working directory for a pipe)
-        base_dir = os.path.dirname(os.path.abspath(args.config)) if os.path.isfile(args.config) else os.getcwd()
+        folder = os.path.dirname(os.path.abspath(args.config))
+        base_dir = folder if os.path.isfile(args.config) else os.getcwd()
         config = CompareConfig.from_dict(values, base_dir=base_dir)  # errors name the file's keys
         values = {k: v for k, v in config.to_dict().items() if k in values}
     elif values:
@@ -609,7 +610,9 @@ def main(argv=None) -> int:
 def _check_run_flags(args) -> None:
     timeout = getattr(args, "stall_timeout", 0.0)
     if not (math.isfinite(timeout) and timeout >= 0):
-        raise ValueError(f"--stall-timeout must be a number of seconds >= 0 (0 waits forever), got {timeout}.")
+        raise ValueError(
+            f"--stall-timeout must be a number of seconds >= 0 (0 waits forever), got {timeout}."
+        )
     connect = getattr(args, "connect_timeout", 1)
     if connect <= 0:
         raise ValueError(f"--connect-timeout must be a positive number of seconds, got {connect}.")

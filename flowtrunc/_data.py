@@ -188,7 +188,9 @@ def _as_float(path, name, values, dtype) -> np.ndarray:
     wide = values.astype(np.float64) if values.dtype != np.float64 else values
     if not np.all(np.isfinite(wide)):
         bad = int(np.sum(~np.isfinite(wide)))
-        raise ValueError(f"data file {path!r}: `{name}` contains {bad} NaN or inf value(s); remove or impute them.")
+        raise ValueError(
+            f"data file {path!r}: `{name}` contains {bad} NaN or inf value(s); remove or impute them."
+        )
     limit = float(np.finfo(dtype).max)
     if wide.size and float(np.max(np.abs(wide))) > limit:
         raise ValueError(

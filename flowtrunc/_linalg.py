@@ -188,4 +188,3 @@ def symmetric_eigen(a):
 def symmetric_eigenvalues(a):
     """Ascending eigenvalues of a symmetric `a` (`symmetric_eigen` without the vectors)."""
     return symmetric_eigen(a)[0]
-

@@ -344,8 +344,8 @@ def check_chunks(out_dir: str) -> list[tuple[int, int]]:
         path = os.path.join(out_dir, "chunks", _chunk_name(start, stop))
         if stop > config.seeds or start >= stop:
             raise OutputError(
-                f"chunk file {path!r} holds seeds {start}..{stop - 1}, outside this run's 0..{config.seeds - 1}; "
-                "it belongs to another run. Delete it and resume."
+                f"chunk file {path!r} holds seeds {start}..{stop - 1}, outside this run's "
+                f"0..{config.seeds - 1}; it belongs to another run. Delete it and resume."
             )
         try:
             with np.load(path) as archive:

@@ -32,18 +32,35 @@ def _tiny_flags(**changes):
 
 # (id, builder(tmp_path) -> argv after `compare --out OUT`, expected message)
 CASES = [
-    ("labels-huge", lambda t: ["--data", _data(t, labels=np.array([0, 2 * 10**12] * 6))],
-     "numpy.unique(labels, return_inverse=True)"),
-    ("labels-sparse", lambda t: ["--data", _data(t, labels=np.array([0, 10**6, 2 * 10**6] * 4))],
-     "numpy.unique(labels, return_inverse=True)"),
-    ("labels-negative", lambda t: ["--data", _data(t, labels=np.array([-1, 0] * 6))], "must be the integers 0..Q-1"),
-    ("x-overflows-float32", lambda t: ["--data", _data(t, x=np.full((12, 2), 1e40)), "--precision", "32"],
-     "beyond the largest float32"),
+    (
+        "labels-huge",
+        lambda t: ["--data", _data(t, labels=np.array([0, 2 * 10**12] * 6))],
+        "numpy.unique(labels, return_inverse=True)",
+    ),
+    (
+        "labels-sparse",
+        lambda t: ["--data", _data(t, labels=np.array([0, 10**6, 2 * 10**6] * 4))],
+        "numpy.unique(labels, return_inverse=True)",
+    ),
+    (
+        "labels-negative",
+        lambda t: ["--data", _data(t, labels=np.array([-1, 0] * 6))],
+        "must be the integers 0..Q-1",
+    ),
+    (
+        "x-overflows-float32",
+        lambda t: ["--data", _data(t, x=np.full((12, 2), 1e40)), "--precision", "32"],
+        "beyond the largest float32",
+    ),
     ("x-nan", lambda t: ["--data", _data(t, x=np.full((12, 2), np.nan))], "contains 24 NaN or inf"),
     ("x-objects", lambda t: ["--data", _data(t, x=np.array([[1, "a"]] * 12, dtype=object))], "object arrays"),
     ("data-is-a-directory", lambda t: ["--data", str(t)], "is a directory"),
     ("data-fixes-points", lambda t: ["--data", _data(t), "--points", "10"], "drop --points"),
-    ("config-key-next-to-data", lambda t: ["--config", _config(t, {"data": _data(t), "dim": 3})], "drop --dim"),
+    (
+        "config-key-next-to-data",
+        lambda t: ["--config", _config(t, {"data": _data(t), "dim": 3})],
+        "drop --dim",
+    ),
     ("seeds-beyond-any-machine", lambda t: ["--seeds", "1000000000000"], "more than one run can hold"),
 ]
 

@@ -74,7 +74,13 @@ def test_an_unwritable_cache_folder_is_one_line_of_notice(tmp_path, capsys):
 
 @pytest.mark.parametrize(
     "flag, environment, expected",
-    [("off", None, None), (None, "off", None), (None, "", None), ("/x/y", "/a", "/x/y"), (None, "/a/b", "/a/b")],
+    [
+        ("off", None, None),
+        (None, "off", None),
+        (None, "", None),
+        ("/x/y", "/a", "/x/y"),
+        (None, "/a/b", "/a/b"),
+    ],
 )
 def test_the_folder_follows_flag_then_environment(monkeypatch, flag, environment, expected):
     if environment is None:
@@ -131,9 +137,20 @@ def test_a_second_cli_run_compiles_and_traces_nothing_new(tmp_path):
     blocker.write_text("")
     env = {**os.environ, compile_cache.ENVIRONMENT: str(blocker / "sub")}
     done = subprocess.run(
-        [sys.executable, "-m", "flowtrunc._cli", "compare", "--out", str(tmp_path / "four"), "--config",
-         str(_write_config(tmp_path / "four.json", {**TINY, "seeds": 4}))],
-        env=env, capture_output=True, text=True, timeout=900,
+        [
+            sys.executable,
+            "-m",
+            "flowtrunc._cli",
+            "compare",
+            "--out",
+            str(tmp_path / "four"),
+            "--config",
+            str(_write_config(tmp_path / "four.json", {**TINY, "seeds": 4})),
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=900,
     )
     assert done.returncode == 0 and done.stderr.count("cannot be used") == 1, done.stderr[-2000:]
 

@@ -32,7 +32,9 @@ def test_solve_matches_lapack(size):
     expected = np.linalg.solve(a, b)
     bound = 16 * size * EPS * np.linalg.cond(a) * np.max(np.abs(expected))
     np.testing.assert_allclose(solve(jnp.asarray(a), jnp.asarray(b)), expected, rtol=0, atol=bound)
-    np.testing.assert_allclose(solve(jnp.asarray(a), jnp.asarray(b[:, 0])), expected[:, 0], rtol=0, atol=bound)
+    np.testing.assert_allclose(
+        solve(jnp.asarray(a), jnp.asarray(b[:, 0])), expected[:, 0], rtol=0, atol=bound
+    )
 
 
 @pytest.mark.parametrize("size", SIZES)
@@ -55,7 +57,9 @@ def test_symmetric_eigen_matches_lapack(size):
     values, vectors = (np.asarray(v) for v in symmetric_eigen(jnp.asarray(symmetric)))
     norm = np.linalg.norm(symmetric, 2)
     np.testing.assert_allclose(values, np.linalg.eigvalsh(symmetric), rtol=0, atol=16 * size * EPS * norm)
-    np.testing.assert_allclose(symmetric @ vectors, vectors * values[None], rtol=0, atol=16 * size * EPS * norm)
+    np.testing.assert_allclose(
+        symmetric @ vectors, vectors * values[None], rtol=0, atol=16 * size * EPS * norm
+    )
     np.testing.assert_allclose(vectors.T @ vectors, np.eye(size), rtol=0, atol=16 * size * EPS)
 
 
@@ -91,8 +95,12 @@ def test_the_compiled_comparison_calls_no_lapack_kernel(settings):
     from flowtrunc._compare import _compare_batch, split_values
     from flowtrunc._config import CompareConfig
 
-    config = CompareConfig(seeds=2, chunk_size=2, dim=8, points=12, clusters=2, depth=2, t1=1.0, saves=5, **settings)
-    text = _compare_batch.lower(jnp.arange(2, dtype=jnp.int32), *split_values(config.on_device()), None).as_text()
+    config = CompareConfig(
+        seeds=2, chunk_size=2, dim=8, points=12, clusters=2, depth=2, t1=1.0, saves=5, **settings
+    )
+    text = _compare_batch.lower(
+        jnp.arange(2, dtype=jnp.int32), *split_values(config.on_device()), None
+    ).as_text()
     calls = set(re.findall(r"custom_call @(\w+)", text))
     assert not {call for call in calls if "lapack" in call}, calls
 

@@ -125,7 +125,6 @@ def test_points_differing_only_in_values_share_one_compilation(tmp_path, monkeyp
     import jax
 
     import flowtrunc._compare as compare_module
-
     from flowtrunc import _program_cache as program_cache
 
     jax.clear_caches()  # start with nothing compiled or traced in this process

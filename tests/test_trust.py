@@ -178,7 +178,17 @@ def test_raw_scale_data_says_standardise(tmp_path, capsys):
     np.savez(data, x=1e8 * rng.normal(size=(12, 2)), labels=np.arange(12) % 2)
     out = tmp_path / "run"
     assert (
-        main(["compare", "--out", str(out), "--config", _config_file(tmp_path, with_data=True), "--data", str(data)])
+        main(
+            [
+                "compare",
+                "--out",
+                str(out),
+                "--config",
+                _config_file(tmp_path, with_data=True),
+                "--data",
+                str(data),
+            ]
+        )
         == NO_SEED_OK
     )
     assert "standardise them" in capsys.readouterr().out
