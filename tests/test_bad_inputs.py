@@ -4,7 +4,6 @@ anything is written (the run folder must not exist afterwards)."""
 
 import json
 import os
-import socket
 
 import numpy as np
 import pytest
@@ -173,5 +172,5 @@ def test_a_resume_refuses_a_chunk_of_other_settings_before_computing(tmp_path, c
     assert main(argv) == 2
     assert "computed with other settings or data" in capsys.readouterr().err
     assert not os.path.exists(os.path.join(out, "seeds.npz"))
-    assert socket.gethostname()  # the lock was released: nothing else left behind
+    # the lock was released: nothing else left behind
     assert not os.path.exists(os.path.join(out, ".lock"))
