@@ -49,13 +49,15 @@ class StalledRun(RuntimeError):
     """A chunk made no progress within the stall timeout; the run was stopped."""
 
 
-_abandoned: list[threading.Thread] = []
+# one event per chunk thread left behind, set when its work ends. Not `Thread.is_alive()`:
+# in Python 3.11 a `join` interrupted by Ctrl-C marks a thread that still runs as stopped.
+_abandoned: list[threading.Event] = []
 
 
 def abandoned_work() -> bool:
     """Whether a stalled or interrupted chunk is still running in a thread (the process
     must then end without waiting for it: `os._exit`)."""
-    return any(thread.is_alive() for thread in _abandoned)
+    return not all(ended.is_set() for ended in _abandoned)
 
 
 def watched(work, timeout: float | None, what: str):
@@ -65,22 +67,24 @@ def watched(work, timeout: float | None, what: str):
     thread is left behind and `abandoned_work()` says so."""
     if not timeout:
         return work()
-    box = {}
+    box, ended = {}, threading.Event()
 
     def run():
         try:
             box["value"] = work()
         except BaseException as error:  # handed to the caller
             box["error"] = error
+        finally:
+            ended.set()
 
     thread = threading.Thread(target=run, name="flowtrunc-chunk", daemon=True)
     thread.start()
     try:
-        thread.join(timeout)
+        finished = ended.wait(timeout)
     finally:
-        if thread.is_alive():
-            _abandoned.append(thread)
-    if thread.is_alive():
+        if not ended.is_set():
+            _abandoned.append(ended)
+    if not finished:
         raise StalledRun(
             f"{what} made no progress for {timeout:g} s (compilation included) and was stopped. "
             "If the problem is just large, raise --stall-timeout (0 waits forever) or lower "

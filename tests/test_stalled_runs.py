@@ -25,6 +25,22 @@ def test_watched_work_that_stalls_is_reported_and_left_behind():
         output.watched(lambda: 1 / 0, 5.0, "failing")
 
 
+def test_ctrl_c_while_waiting_leaves_the_running_work_marked_as_abandoned():
+    """A real SIGINT to the main thread while it waits on a chunk: the work still runs, and
+    `abandoned_work()` must say so (Python 3.11's interrupted `Thread.join` would mark the
+    thread as stopped, and the process would then tear down under live XLA work)."""
+    import signal
+    import threading
+
+    main_thread = threading.get_ident()
+    threading.Timer(0.2, signal.pthread_kill, (main_thread, signal.SIGINT)).start()
+    with pytest.raises(KeyboardInterrupt):
+        output.watched(lambda: time.sleep(1.5), 30.0, "the sleeper")
+    assert output.abandoned_work()
+    time.sleep(1.7)
+    assert not output.abandoned_work()
+
+
 def test_a_stalled_first_chunk_stops_the_run_and_cleans_up(tmp_path, monkeypatch):
     monkeypatch.setattr(output, "run_chunk", lambda *args, **kwargs: time.sleep(1.5))
     out = tmp_path / "run"
