@@ -79,8 +79,11 @@ def watched(work, timeout: float | None, what: str):
 
     thread = threading.Thread(target=run, name="flowtrunc-chunk", daemon=True)
     thread.start()
-    try:
-        finished = ended.wait(timeout)
+    deadline = time.monotonic() + timeout
+    try:  # short waits: a Ctrl-C the kernel hands to another thread is handled within 0.2 s
+        while not (finished := ended.wait(min(0.2, max(deadline - time.monotonic(), 0.0)))):
+            if time.monotonic() >= deadline:
+                break
     finally:
         if not ended.is_set():
             _abandoned.append(ended)

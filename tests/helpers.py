@@ -90,10 +90,15 @@ def cli_process(args, env_extra=None):
     import subprocess
     import sys
 
+    import signal
+
     env = {**os.environ, **(env_extra or {})}
     return subprocess.Popen(
         [sys.executable, "-m", "flowtrunc._cli", *args],
         env=env,
+        # a background shell starts pytest with SIGINT ignored, and Python then installs no
+        # Ctrl-C handler in the child: restore the default so Ctrl-C tests mean something
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
