@@ -1,28 +1,30 @@
-r"""The clock of one coordinate: how long θ* takes between consecutive data coordinates.
+r"""The clock of one coordinate, in closed form: how long θ* takes along its path.
 
-Along the orbit $dt/d\theta^* = -1/(g\,\Gamma_{\ell^*\ell^*})$ with
-$g = (n/N)(\theta^* - \bar v_n)$ affine between data coordinates. In a piece
-$[a, b]$ of the path (no data coordinate and no layer switch inside) with count n and
-mean truncated target $\bar v$, the substitution $w = \log(|\bar v - a|/|\bar v - \theta^*|)$
-turns the logarithmic singularity at $\bar v$ into a linear growth:
+Along the orbit $dt/ds = h(s)/(g\,\cdot)$; in a piece $[a, b]$ of the path (no data
+coordinate, layer switch or solver step boundary inside) the count n and the mean
+truncated target are fixed, so with $c$ the path length of that mean (the piece's
+asymptote, $c \ge b$)
 
-$$\Delta t = \frac{N}{n}\int_0^{W} h(\theta^*(w))\,dw, \qquad h = 1/\Gamma_{\ell^*\ell^*},
-\qquad W = \log\frac{|\bar v - a|}{|\bar v - b|},$$
+$$\Delta t = \frac{N}{n}\int_a^b \frac{h(s)}{c - s}\,ds, \qquad h = 1/\Gamma_{\ell^*\ell^*}.$$
 
-with $h$ smooth along the orbit. The integral is $h_\text{ref} W$ (exact) plus the
-integral of $h - h_\text{ref}$, $h_\text{ref}$ the value at the end of the piece, by
-Gauss–Legendre on the panels [0, 1], [1, 8] and [8, 64] of w (beyond w = 1 the integrand
-is a sum of terms $e^{-kw}$). In the piece that holds $\bar v$ (W = ∞) the second part
-decays like $e^{-w}$ (neglected past w = 64), so the time to reach any θ* before
-$\bar v$ is finite and the piece never ends.
+The orbit carries h as a state component (`_orbit.py`), so on each solver step h is the
+step's dense output: a polynomial $P$ of degree D ≤ 7 in the step's local $x \in [-1, 1]$,
+and $ds/(c - s) = dx/(z - x)$ with $z$ the local coordinate of c. Then, exactly,
 
-Nodes per panel, by need: every piece gets 4 on [0, 1] and 4 on [1, 8]; the `_LONG`
-longest pieces get 16 on each of [0, ¼], [¼, ½], [½, 1] (the others are shorter than
-1/`_LONG` of the path, where a 4-node rule errs by ~(ℓ/2)^8 of h's variation); the
-`_TAILED` pieces with the largest W > 1 (the asymptote's among them) get 16 on each of
-[1, 2], [2, 4], …, [32, 64]. Each panel keeps the Legendre coefficients of its
-interpolant, so the clock at any w inside a piece, and its inverse by Newton's method,
-cost no further evaluation of the orbit.
+$$\int_{x_a}^{x} \frac{P(\xi)}{z - \xi}\,d\xi = P(z)\log\frac{z - x_a}{z - x} - \int_{x_a}^{x} Q,
+\qquad P(\xi) = P(z) + (\xi - z)\,Q(\xi),$$
+
+Q by synthetic division (Horner at z). Its rounding error grows like $|z|^j$ times the
+coefficient $p_j$, so for a pole far from the step ($z > 8$) the integrand is smooth on
+$[x_a, x]$ instead, and (D + 6)-point Gauss–Legendre, exact for degree 2D + 11, errs by
+the best degree-(D + 11) fit of $1/(z - \xi)$: $\sim\rho^{-(D + 12)}$ with
+$\rho \ge 8 + \sqrt{63} \approx 15.9$ (the pole's Bernstein ellipse), below 1e-14.
+No orbit evaluation, no node budget: the accuracy of a piece does not depend on its
+length or on N.
+
+The time at any s inside a piece is the same closed form; its inverse (output times) is
+Newton's method in $w = \log\frac{c - a}{c - s}$, where $dt/dw = (N/n)\,h$ is bounded
+and positive even at the asymptote.
 """
 
 import equinox as eqx
@@ -31,184 +33,109 @@ import jax.numpy as jnp
 import numpy as np
 
 from ._ending import ASYMPTOTE
-from ._linalg import matmul
-from ._orbit import Orbit, star_rate
+from ._orbit import Orbit
 
-_SHORT_PANELS = ((0.0, 1.0), (1.0, 8.0))  # every piece, 4 nodes each
-_HEAD_PANELS = ((0.0, 0.25), (0.25, 0.5), (0.5, 1.0))  # the _LONG longest pieces, 16 nodes
-_TAIL_PANELS = ((1.0, 2.0), (2.0, 4.0), (4.0, 8.0), (8.0, 16.0), (16.0, 32.0), (32.0, 64.0))  # _TAILED
-_DEGREE = 16  # Legendre coefficients kept per panel
-_LONG = 32
-_TAILED = 8
-_NEWTON_STEPS = 10
-_BATCH = 4096  # pieces per batch of the 4-node pass (bounds memory at large N)
-
-
-def _rule(nodes: int):
-    """Gauss–Legendre nodes, weights and the node values → Legendre coefficients map."""
-    x, w = np.polynomial.legendre.leggauss(nodes)
-    basis = np.polynomial.legendre.legvander(x, nodes - 1)  # (nodes, nodes)
-    transform = (np.arange(nodes)[:, None] + 0.5) * basis.T * w[None]
-    return x, w, transform
-
-
-_RULES = {4: _rule(4), 16: _rule(16)}
+_NEAR = 8.0  # local pole position up to which the closed form is used
+_EXTRA_NODES = 6  # Gauss–Legendre nodes beyond the degree, for poles past _NEAR
+_NEWTON_STEPS = 8
 
 
 class Clock(eqx.Module):
-    """Pieces of one coordinate's path, in path length s, and the time at their ends, with
-    the Legendre coefficients of h − h_ref on each quadrature panel."""
+    """Pieces of one coordinate's path, in path length s, with the time at their ends and
+    what the closed form needs inside each."""
 
     breaks: jax.Array  # (P+1,) ascending s of the piece boundaries
     times: jax.Array  # (P+1,) time at each break; inf from the asymptote on
     rates: jax.Array  # (P,) N / n
     means: jax.Array  # (P,) s of the mean truncated target (the piece's asymptote)
-    limits: jax.Array  # (P,) W at the end of each piece (inf for the asymptote piece)
-    refs: jax.Array  # (P,) h at the end of each piece
-    layers: jax.Array  # (P,) active layer in each piece
-    short: jax.Array  # (P, 2, 4) on _SHORT_PANELS
-    long_slot: jax.Array  # (P,) row of `head`, or -1
-    head: jax.Array  # (B1, 3, 16) on _HEAD_PANELS
-    tail_slot: jax.Array  # (P,) row of `tail`, or -1
-    tail: jax.Array  # (B2, 6, 16) on _TAIL_PANELS
+    steps: jax.Array  # (P,) solver step each piece lies in
+    step_starts: jax.Array  # (P,) s where that step starts
+    step_widths: jax.Array  # (P,) its length in s
+    polynomials: jax.Array  # (steps, D+1) h on each step (`Orbit.polynomials`)
 
 
-def _inverse_rate(orbit: Orbit, s, layer, train_weights):
-    theta, scales = orbit.state(s)
-    return 1.0 / star_rate(theta, scales, layer, train_weights)
+def _horner(coefficients, x):
+    value = jnp.zeros_like(x)
+    for c in coefficients[::-1]:
+        value = value * x + c
+    return value
 
 
-def _panel(orbit, clock, piece, bounds, nodes, train_weights):
-    """Integral of h − h_ref over the panel `bounds` of `piece` (clipped to its W), and the
-    Legendre coefficients of the interpolant through the nodes."""
-    x, w, transform = _RULES[nodes]
-    dtype = clock.breaks.dtype
-    width = clock.limits[piece]
-    lo, hi = jnp.minimum(bounds[0], width), jnp.minimum(bounds[1], width)
-    half = 0.5 * (hi - lo)
-    at = lo + half * (1.0 + jnp.asarray(x, dtype))
-    s = clock.breaks[piece] - (clock.means[piece] - clock.breaks[piece]) * jnp.expm1(-at)
-    values = (
-        jax.vmap(lambda x: _inverse_rate(orbit, x, clock.layers[piece], train_weights))(s) - clock.refs[piece]
-    )
-    return half * jnp.sum(jnp.asarray(w, dtype) * values), matmul(jnp.asarray(transform, dtype), values)
+def _local(clock: Clock, piece, s):
+    width = clock.step_widths[piece]
+    return 2.0 * (s - clock.step_starts[piece]) / jnp.where(width > 0, width, 1.0) - 1.0
 
 
-def _panels(orbit, clock, piece, panels, nodes, train_weights):
-    out = [_panel(orbit, clock, piece, bounds, nodes, train_weights) for bounds in panels]
-    return sum(o[0] for o in out), jnp.stack([o[1] for o in out])
+def integral(p, z, xa, x):
+    r"""$\int_{x_a}^{x} P(\xi)/(z - \xi)\,d\xi$ for monomial coefficients `p` (ascending)
+    and $x_a \le x < z$; closed form near the pole, Gauss–Legendre far from it."""
+    near = z <= _NEAR
+    # closed form (with safe arguments where it is not used: no NaN in its gradients)
+    zn = jnp.where(near, z, _NEAR)
+    xn, xan = jnp.where(near, x, -1.0), jnp.where(near, xa, -1.0)
+    b = [p[-1]]
+    for c in p[-2::-1]:
+        b.append(c + zn * b[-1])
+    b = b[::-1]  # b[0] = P(z); Q(ξ) = Σ_{j≥1} b[j] ξ^{j-1}
+    # x^j − xa^j without cancellation: d_1 = x − xa, d_j = x d_{j−1} + (x − xa) xa^{j−1}
+    step, difference, power_a, integral_q = xn - xan, xn - xan, jnp.ones_like(zn), jnp.zeros_like(zn)
+    for j in range(1, len(b)):
+        if j > 1:
+            power_a = power_a * xan
+            difference = xn * difference + step * power_a
+        integral_q = integral_q + b[j] * difference / j
+    closed = b[0] * jnp.log1p((xn - xan) / (zn - xn)) - integral_q
+    # far pole: the integrand is a polynomial over a smooth factor
+    zf = jnp.where(near, _NEAR + 1.0, z)
+    gauss_x, gauss_w = np.polynomial.legendre.leggauss(len(p) - 1 + _EXTRA_NODES)
+    half, middle = 0.5 * (x - xa), 0.5 * (x + xa)
+    nodes = middle + half * jnp.asarray(gauss_x, x.dtype)
+    far = half * jnp.sum(jnp.asarray(gauss_w, x.dtype) * _horner(p, nodes) / (zf - nodes))
+    return jnp.where(near, closed, far)
 
 
-def _series(lows, highs, coefficients, w):
-    """For panels `[lows, highs]` with Legendre coefficients `(panels, degree)`: the sum
-    of their integrals over [lo, min(w, hi)], and the series' value at w (derivative)."""
-    half = 0.5 * (highs - lows)
-    inside = (w >= lows) & (w < highs)
-    x = jnp.clip(jnp.where(half > 0, (w - lows) / jnp.where(half > 0, half, 1.0) - 1.0, -1.0), -1.0, 1.0)
-    previous, current = jnp.ones_like(x), x
-    integral = coefficients[:, 0] * (x + 1.0)
-    value = coefficients[:, 0] + coefficients[:, 1] * x
-    for k in range(1, coefficients.shape[1]):
-        following = ((2 * k + 1) * x * current - k * previous) / (k + 1)
-        integral = integral + coefficients[:, k] * (following - previous) / (2 * k + 1)
-        if k + 1 < coefficients.shape[1]:
-            value = value + coefficients[:, k + 1] * following
-        previous, current = current, following
-    return jnp.sum(half * integral), jnp.sum(jnp.where(inside, value, 0.0))
-
-
-def _pad(coefficients):
-    return jnp.pad(coefficients, ((0, 0), (0, _DEGREE - coefficients.shape[1])))
-
-
-def _clock_integral(clock, piece, w):
-    """$\\int_0^w h\\,dw'$ inside `piece` from the stored coefficients, and h(w)."""
-    width = clock.limits[piece]
-    long_slot, tail_slot = clock.long_slot[piece], clock.tail_slot[piece]
-    panels = _SHORT_PANELS + _HEAD_PANELS + _TAIL_PANELS
-    bounds = jnp.minimum(jnp.asarray(panels, width.dtype), width)
-    use = jnp.concatenate(
-        [
-            jnp.stack([long_slot < 0, tail_slot < 0]),
-            jnp.full(len(_HEAD_PANELS), long_slot >= 0),
-            jnp.full(len(_TAIL_PANELS), tail_slot >= 0),
-        ]
-    )
-    coefficients = jnp.concatenate(
-        [
-            _pad(clock.short[piece]),
-            clock.head[jnp.maximum(long_slot, 0)],
-            clock.tail[jnp.maximum(tail_slot, 0)],
-        ]
-    )
-    coefficients = jnp.where(use[:, None], coefficients, 0.0)
-    integral, value = _series(bounds[:, 0], bounds[:, 1], coefficients, w)
-    ref = clock.refs[piece]
-    return ref * jnp.where(jnp.isfinite(w), w, 0.0) + integral, ref + value
-
-
-def _slots(chosen, num_pieces):
-    return jnp.full(num_pieces, -1, jnp.int32).at[chosen].set(jnp.arange(chosen.shape[0], dtype=jnp.int32))
-
-
-def build_clock(
-    orbit: Orbit, u_sorted, target_sums, theta_star, direction, end_level, end_kind, switches, train_weights
-):
+def build_clock(orbit: Orbit, u_sorted, target_sums, theta_star, direction, end_level, end_kind, switches):
     """The clock of one coordinate. `switches` `(L-1,)`: path lengths of layer switches."""
     num = u_sorted.shape[0]
     dtype = u_sorted.dtype
     length = jnp.abs(end_level - theta_star)
     path = lambda level: jnp.clip(direction * (level - theta_star), 0.0, length)  # noqa: E731
+    step_bounds = jnp.clip(jnp.where(jnp.isfinite(orbit.starts), orbit.starts, length), 0.0, length)
     breaks = jnp.sort(
-        jnp.concatenate([jnp.zeros(1, dtype), path(u_sorted), jnp.clip(switches, 0.0, length), length[None]])
+        jnp.concatenate(
+            [jnp.zeros(1, dtype), path(u_sorted), jnp.clip(switches, 0.0, length), step_bounds, length[None]]
+        )
     )
     a, b = breaks[:-1], breaks[1:]
-    middle = theta_star + direction * 0.5 * (a + b)
-    counts = jnp.searchsorted(u_sorted, middle, side="right")
+    middle = 0.5 * (a + b)
+    counts = jnp.searchsorted(u_sorted, theta_star + direction * middle, side="right")
     safe_counts = jnp.maximum(counts, 1)
     means = direction * (target_sums[counts] / safe_counts - theta_star)
     moving = b > a
     last = jnp.max(jnp.where(moving, jnp.arange(a.shape[0]), -1))
     asymptote = (jnp.arange(a.shape[0]) == last) & (end_kind == ASYMPTOTE)
-    gap = jnp.where(moving & ~asymptote, means - b, 1.0)
-    limits = jnp.where(asymptote, jnp.inf, jnp.where(moving, jnp.log1p((b - a) / gap), 0.0))
-    layers = jax.vmap(orbit.layer)(0.5 * (a + b))
-    refs = jax.vmap(lambda s, layer: _inverse_rate(orbit, s, layer, train_weights))(b, layers)
-    num_pieces = a.shape[0]
-    _, long = jax.lax.top_k(b - a, min(_LONG, num_pieces))
-    _, tailed = jax.lax.top_k(jnp.where(limits > 1.0, limits, 0.0), min(_TAILED, num_pieces))
+    steps = jnp.clip(jnp.searchsorted(orbit.starts, middle, side="right") - 1, 0, orbit.starts.shape[0] - 1)
     clock = Clock(
         breaks=breaks,
         times=jnp.zeros_like(breaks),
         rates=num / safe_counts.astype(dtype),
         means=means,
-        limits=limits,
-        refs=refs,
-        layers=layers,
-        short=jnp.zeros((num_pieces, 2, 4), dtype),
-        long_slot=_slots(long, num_pieces),
-        head=jnp.zeros((long.shape[0], 3, _DEGREE), dtype),
-        tail_slot=_slots(tailed, num_pieces),
-        tail=jnp.zeros((tailed.shape[0], 6, _DEGREE), dtype),
+        steps=steps,
+        step_starts=jnp.where(jnp.isfinite(orbit.starts[steps]), orbit.starts[steps], 0.0),
+        step_widths=jnp.where(
+            jnp.isfinite(orbit.starts[steps]), orbit.ends[steps] - orbit.starts[steps], 0.0
+        ),
+        polynomials=orbit.polynomials,
     )
-
-    def short(piece):
-        return [_panels(orbit, clock, piece, (bounds,), 4, train_weights) for bounds in _SHORT_PANELS]
-
-    (head_span, head_c), (tail_span, tail_c) = jax.lax.map(short, jnp.arange(num_pieces), batch_size=_BATCH)
-    long_span, long_c = jax.vmap(lambda i: _panels(orbit, clock, i, _HEAD_PANELS, 16, train_weights))(long)
-    tailed_span, tailed_c = jax.vmap(lambda i: _panels(orbit, clock, i, _TAIL_PANELS, 16, train_weights))(
-        tailed
-    )
-    head_span = head_span.at[long].set(long_span)
-    tail_span = tail_span.at[tailed].set(tailed_span)
-    spans = refs * jnp.where(asymptote, 0.0, limits) + head_span + tail_span
-    durations = jnp.where(asymptote, jnp.inf, clock.rates * spans)
+    pieces = jnp.arange(a.shape[0])
+    usable = moving & ~asymptote  # the asymptote's piece never ends; zero-width pieces take no time
+    xa = _local(clock, pieces, a)
+    xb = jnp.where(usable, _local(clock, pieces, b), xa)
+    z = jnp.where(usable, _local(clock, pieces, means), xb + 1.0)
+    spans = jax.vmap(integral)(orbit.polynomials[steps], z, xa, xb)
+    durations = jnp.where(asymptote, jnp.inf, jnp.where(usable, clock.rates * spans, 0.0))
     times = jnp.concatenate([jnp.zeros(1, dtype), jnp.cumsum(durations)])
-    short_c = jnp.concatenate([head_c, tail_c], axis=1)
-    return eqx.tree_at(
-        lambda c: (c.times, c.short, c.head, c.tail), clock, (times, short_c, long_c, tailed_c)
-    )
+    return eqx.tree_at(lambda c: c.times, clock, times)
 
 
 def time_at(clock: Clock, s):
@@ -217,23 +144,27 @@ def time_at(clock: Clock, s):
 
 
 def path_at(clock: Clock, t):
-    """Path length s reached at time `t` (t may be inf), by Newton's method in w on the
-    stored interpolants of h (no evaluation of the orbit)."""
+    """Path length s reached at time `t` (t may be inf): Newton's method in
+    w = log((c − a)/(c − s)) on the closed form (no evaluation of the orbit)."""
     num_pieces = clock.rates.shape[0]
     piece = jnp.searchsorted(clock.times, t, side="right") - 1
     beyond = piece >= num_pieces
     piece = jnp.clip(piece, 0, num_pieces - 1)
-    start = clock.breaks[piece]
-    distance = clock.means[piece] - start
-    target = jnp.where(beyond, 0.0, (t - clock.times[piece]) / clock.rates[piece])
-    limit = clock.limits[piece]
+    start, end, mean = clock.breaks[piece], clock.breaks[piece + 1], clock.means[piece]
+    moving = end > start
+    p = clock.polynomials[clock.steps[piece]]
+    xa = _local(clock, piece, start)
+    z = jnp.where(moving, _local(clock, piece, mean), xa + 1.0)
+    target = jnp.where(beyond | ~moving, 0.0, (t - clock.times[piece]) / clock.rates[piece])
+    limit = jnp.where(jnp.isfinite(clock.times[piece + 1]), jnp.log1p((end - start) / (mean - end)), jnp.inf)
+    limit = jnp.where(moving, limit, 0.0)
+    h_start = _horner(p, xa)
 
     def newton(w, _):
-        integral, slope = _clock_integral(clock, piece, w)
-        w = w - (integral - target) / jnp.maximum(slope, 0.5 * clock.refs[piece])
+        x = xa - (z - xa) * jnp.expm1(-w)
+        w = w - (integral(p, z, xa, jnp.minimum(x, z)) - target) / jnp.maximum(_horner(p, x), 0.5 * h_start)
         return jnp.clip(w, 0.0, limit), None
 
-    w0 = jnp.clip(target / clock.refs[piece], 0.0, limit)
-    w, _ = jax.lax.scan(newton, w0, None, length=_NEWTON_STEPS)
-    s = start - distance * jnp.expm1(-w)
-    return jnp.where(beyond, clock.breaks[-1], jnp.clip(s, start, clock.breaks[piece + 1]))
+    w, _ = jax.lax.scan(newton, jnp.clip(target / h_start, 0.0, limit), None, length=_NEWTON_STEPS)
+    s = start - (mean - start) * jnp.expm1(-w)
+    return jnp.where(beyond, clock.breaks[-1], jnp.clip(s, start, end))

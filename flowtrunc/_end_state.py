@@ -3,6 +3,7 @@
 import equinox as eqx
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from ._custom_types import Array, Bool, Float, Int
 from ._data import Dataset
@@ -29,19 +30,22 @@ class EndState(eqx.Module):
       maps to one point); `collapse_time` `(Q,)`: from when (`inf` if never);
       `collapsed_at_start` `(Q,)`: already collapsed at t = 0 (reported apart).
     - `result`: a `RESULTS` code.
+
+    With `end_state(..., with_times=False)` the time fields (`end_time`, `crossing_times`,
+    `truncated_from`, `collapse_time`) are None and every other field is the same.
     """
 
     theta_star: Float[Array, " width"]
     kind: Int[Array, " width"]
     direction: Int[Array, " width"]
-    end_time: Float[Array, " width"]
+    end_time: Float[Array, " width"] | None
     thresholds: Float[Array, "depth width"]
     scales: Float[Array, "depth width"]
-    crossing_times: Float[Array, "points width"]
+    crossing_times: Float[Array, "points width"] | None
     truncated: Bool[Array, "points width"]
-    truncated_from: Float[Array, "points width"]
+    truncated_from: Float[Array, "points width"] | None
     collapsed: Bool[Array, " classes"]
-    collapse_time: Float[Array, " classes"]
+    collapse_time: Float[Array, " classes"] | None
     collapsed_at_start: Bool[Array, " classes"]
     result: Int[Array, ""]
 
@@ -56,6 +60,7 @@ def end_state(
     rtol: float | None = None,
     atol: float | None = None,
     max_steps: int | None = None,
+    with_times: bool = True,
 ) -> EndState:
     """Where the effective flow of `net` on `data` ends, why, and when (THEORY §7).
 
@@ -64,31 +69,58 @@ def end_state(
     collapses) from the clock. No integration in time, so it is cheap enough for 10^5
     seeds under `vmap`. Same rules and arguments (`parameterisation` included) as
     `solve_effective(method="orbit")`.
+
+    `with_times=False` skips the clock: where the flow ends, which points end truncated
+    and which classes collapse, without when (the time fields are None). That is the
+    cheap map over many seeds.
     """
+    if not isinstance(with_times, bool | np.bool_):
+        raise TypeError(
+            f"`with_times` must be True (the end and when it is reached) or False (the end only), "
+            f"got {with_times!r}."
+        )
     weights = weights_flag(train_weights, parameterisation)
     stats, theta, scales, _, _, _, _ = _prepare(net, data, jnp.zeros(1), None, None, None, "end_state")
     settings = solver_settings(theta.dtype, solver, rtol, atol, max_steps, "orbit")
-    return _end_state(stats, theta, scales, data.labels, data.num_classes, weights, *settings)
+    return _end_state(
+        stats, theta, scales, data.labels, data.num_classes, weights, *settings, bool(with_times)
+    )
 
 
 @eqx.filter_jit
-def _end_state(stats, theta, scales, labels, num_classes, train_weights, solver, rtol, atol, max_steps):
+def _end_state(
+    stats, theta, scales, labels, num_classes, train_weights, solver, rtol, atol, max_steps, with_times
+):
     tools = orbit_tools(theta.dtype, rtol, atol, solver)
     ts = jnp.full(1, jnp.inf, theta.dtype)
     flows = flow_coordinates(
-        stats, theta, scales, ts, train_weights=train_weights, tools=tools, max_steps=max_steps
+        stats,
+        theta,
+        scales,
+        ts,
+        train_weights=train_weights,
+        tools=tools,
+        max_steps=max_steps,
+        with_times=with_times,
     )
-    crossing = unsort(stats, flows.crossing_times)
     u = jnp.take_along_axis(stats.u_sorted, jnp.argsort(stats.order, axis=0), axis=0)
     at_start = u <= jnp.max(theta, axis=0)[None]
-    crosses = jnp.isfinite(crossing)
+    crosses = unsort(stats, flows.crosses)
     truncated = at_start != crosses
-    truncated_from = jnp.where(at_start & ~crosses, 0.0, jnp.where(~at_start & crosses, crossing, jnp.inf))
-    per_point = jnp.max(truncated_from, axis=1)
-    collapse_time = jax.ops.segment_max(per_point, labels, num_segments=num_classes)
+    stays = jax.ops.segment_min(
+        jnp.all(truncated, axis=1).astype(jnp.int32), labels, num_segments=num_classes
+    )
     start_all = jax.ops.segment_min(
         jnp.all(at_start, axis=1).astype(jnp.int32), labels, num_segments=num_classes
     )
+    crossing = truncated_from = collapse_time = None
+    if with_times:
+        crossing = unsort(stats, flows.crossing_times)
+        truncated_from = jnp.where(
+            at_start & ~crosses, 0.0, jnp.where(~at_start & crosses, crossing, jnp.inf)
+        )
+        per_point = jnp.max(truncated_from, axis=1)
+        collapse_time = jax.ops.segment_max(per_point, labels, num_segments=num_classes)
     return EndState(
         theta_star=flows.end_level,
         kind=flows.end_kind,
@@ -99,8 +131,8 @@ def _end_state(stats, theta, scales, labels, num_classes, train_weights, solver,
         crossing_times=crossing,
         truncated=truncated,
         truncated_from=truncated_from,
-        collapsed=jnp.isfinite(collapse_time),
+        collapsed=stays == 1,  # (an empty class's minimum is the int maximum)
         collapse_time=collapse_time,
-        collapsed_at_start=start_all.astype(bool),
+        collapsed_at_start=start_all == 1,
         result=result_code(flows, theta, scales),
     )

@@ -1,5 +1,5 @@
-"""The orbit–clock solver: coordinates as independent problems, orbit in θ*, clock by
-quadrature, outputs by inverting the clock (THEORY §7, docs/theory.md §7)."""
+"""The orbit–clock solver: coordinates as independent problems, orbit in θ*, clock in
+closed form, outputs by inverting the clock (THEORY §7, docs/theory.md §7)."""
 
 from typing import NamedTuple
 
@@ -9,7 +9,7 @@ import jax.numpy as jnp
 import optimistix as optx
 
 from ._clock import build_clock, path_at, time_at
-from ._ending import KINK, coordinate_end
+from ._ending import ASYMPTOTE, KINK, coordinate_end
 from ._events import KINK as KINK_EVENT
 from ._events import LAYER_SWITCH, RELEASE, TRUNCATION
 from ._orbit import solve_orbit
@@ -21,14 +21,15 @@ class CoordinateFlow(NamedTuple):
 
     thresholds: jax.Array  # (T, L)
     scales: jax.Array  # (T, L)
-    crossing_times: jax.Array  # (N,) in sorted order; inf where the point never crosses
+    crossing_times: jax.Array | None  # (N,) in sorted order; inf where the point never crosses
+    crosses: jax.Array  # (N,) in sorted order: θ* reaches the point (its crossing time is finite)
     direction: jax.Array
     end_kind: jax.Array
     end_level: jax.Array
-    end_time: jax.Array  # when the coordinate stops (inf for an asymptote)
+    end_time: jax.Array | None  # when the coordinate stops (inf for an asymptote)
     end_thresholds: jax.Array  # (L,)
     end_scales: jax.Array  # (L,)
-    switch_times: jax.Array  # (L-1,) inf if unused
+    switch_times: jax.Array | None  # (L-1,) inf if unused
     switch_layers: jax.Array  # (L-1,) active layer after each switch
     crossing_layers: jax.Array  # (N,) active layer at each crossing
     num_steps: jax.Array
@@ -46,8 +47,10 @@ def orbit_tools(dtype, rtol, atol, solver):
 
 
 def coordinate_flow(
-    u_sorted, target_sums, theta, scales, ts, *, train_weights, tools, max_steps
+    u_sorted, target_sums, theta, scales, ts, *, train_weights, tools, max_steps, with_times=True
 ) -> CoordinateFlow:
+    """One coordinate's flow. `with_times=False`: the end and which points it reaches,
+    from the scan and the orbit alone (no clock; `ts` unused, time fields None)."""
     theta_star = jnp.max(theta)
     end = coordinate_end(u_sorted, target_sums, theta_star)
     direction = end.direction.astype(theta.dtype)
@@ -56,10 +59,6 @@ def coordinate_flow(
         theta, scales, end.direction, length, train_weights=train_weights, max_steps=max_steps, **tools
     )
     switches = orbit.segment_starts[1:]
-    clock = build_clock(
-        orbit, u_sorted, target_sums, theta_star, direction, end.level, end.kind, switches, train_weights
-    )
-    s_out = jax.vmap(lambda t: path_at(clock, t))(ts)
 
     def state(s):
         """The orbit at `s`, with θ* exact: θ*_0 ± s (the end level itself at the end)."""
@@ -68,23 +67,32 @@ def coordinate_flow(
         theta_s = jnp.minimum(theta_s, star).at[orbit.layer(s)].set(star)
         return theta_s, scales_s
 
-    theta_ts, scales_ts = jax.vmap(state)(s_out)
-
     level = direction * (u_sorted - theta_star)  # path length of each data coordinate
     final = direction * (end.level - theta_star)
     rising = (end.direction > 0) & (level > 0) & (level <= final)
     falling = (end.direction < 0) & (level >= 0) & (level < final)
-    at_level = jax.vmap(lambda s: time_at(clock, s))(jnp.clip(level, 0.0, length))
-    crossing = jnp.where(rising | falling, at_level, jnp.inf)
-    switch_times = jnp.where(
-        jnp.isfinite(switches), jax.vmap(lambda s: time_at(clock, s))(jnp.minimum(switches, length)), jnp.inf
-    )
-    end_time = jnp.where(end.kind == KINK, clock.times[-1], jnp.where(end.direction == 0, 0.0, jnp.inf))
+    # a point exactly on an asymptote is reached only as t → ∞
+    crosses = (rising | falling) & ~((end.kind == ASYMPTOTE) & (level >= final))
     end_thresholds, end_scales = state(length)
+    theta_ts = scales_ts = crossing = switch_times = end_time = None
+    if with_times:
+        clock = build_clock(
+            orbit, u_sorted, target_sums, theta_star, direction, end.level, end.kind, switches
+        )
+        theta_ts, scales_ts = jax.vmap(state)(jax.vmap(lambda t: path_at(clock, t))(ts))
+        at_level = jax.vmap(lambda s: time_at(clock, s))(jnp.clip(level, 0.0, length))
+        crossing = jnp.where(crosses, at_level, jnp.inf)
+        switch_times = jnp.where(
+            jnp.isfinite(switches),
+            jax.vmap(lambda s: time_at(clock, s))(jnp.minimum(switches, length)),
+            jnp.inf,
+        )
+        end_time = jnp.where(end.kind == KINK, clock.times[-1], jnp.where(end.direction == 0, 0.0, jnp.inf))
     return CoordinateFlow(
         thresholds=theta_ts,
         scales=scales_ts,
         crossing_times=crossing,
+        crosses=crosses,
         direction=end.direction,
         end_kind=end.kind,
         end_level=end.level,
@@ -99,11 +107,21 @@ def coordinate_flow(
     )
 
 
-def flow_coordinates(stats, theta, scales, ts, *, train_weights, tools, max_steps) -> CoordinateFlow:
+def flow_coordinates(
+    stats, theta, scales, ts, *, train_weights, tools, max_steps, with_times=True
+) -> CoordinateFlow:
     """`coordinate_flow` for every coordinate (vmapped; the coordinate axis comes first)."""
     return jax.vmap(
         lambda u, v, th, sc: coordinate_flow(
-            u, v, th, sc, ts, train_weights=train_weights, tools=tools, max_steps=max_steps
+            u,
+            v,
+            th,
+            sc,
+            ts,
+            train_weights=train_weights,
+            tools=tools,
+            max_steps=max_steps,
+            with_times=with_times,
         ),
         in_axes=(1, 1, 1, 1),
     )(stats.u_sorted, stats.target_sums, theta, scales)

@@ -87,10 +87,9 @@ TINY = dict(seeds=8, points=12, clusters=2, t1=1.0, lr=0.02, saves=10, chunk_siz
 def cli_process(args, env_extra=None):
     """`python -m flowtrunc._cli ARGS` as a subprocess (text pipes), with extra environment."""
     import os
+    import signal
     import subprocess
     import sys
-
-    import signal
 
     env = {**os.environ, **(env_extra or {})}
     return subprocess.Popen(
