@@ -27,6 +27,8 @@ def main():
     ts = jnp.linspace(0.0, 5.0, 101)
     entries = {
         "solve_effective": lambda: ft.solve_effective(net, data, ts=ts),
+        "end_state": lambda: ft.end_state(net, data),
+        "end_state (with_times=False)": lambda: ft.end_state(net, data, with_times=False),
         "solve_frozen_exact": lambda: ft.solve_frozen_exact(net, data, ts=ts),
         "train (500 steps)": lambda: ft.train(net, data, lr=0.01, steps=500, save_every=5),
         "gradient_flow": lambda: ft.gradient_flow(net, data, ts=ts),

@@ -84,6 +84,7 @@ def join_processes(args) -> None:
     given = [args.coordinator, args.num_processes, args.process_id]
     if not args.distributed and all(value is None for value in given):
         return
+    check_process_flags(args.num_processes, args.process_id)
     if args.coordinator is not None and args.process_id not in (None, 0):
         _wait_for_coordinator(args.coordinator, args.connect_timeout)
     import jax
@@ -102,6 +103,19 @@ def join_processes(args) -> None:
             f"waited up to {args.connect_timeout} s): {str(error).splitlines()[0][:300]}. Check "
             "--coordinator HOST:PORT, --num-processes and --process-id, and that process 0 runs."
         ) from None
+
+
+def check_process_flags(num_processes, process_id) -> None:
+    """`--num-processes` at least 1 and `--process-id` in 0..N-1, before anything starts."""
+    if num_processes is not None and num_processes < 1:
+        raise ValueError(f"--num-processes must be at least 1, got {num_processes}.")
+    if process_id is not None and process_id < 0:
+        raise ValueError(f"--process-id must be 0 or more, got {process_id}.")
+    if None not in (num_processes, process_id) and process_id >= num_processes:
+        raise ValueError(
+            f"--process-id {process_id} is out of range for --num-processes {num_processes}: "
+            f"number the processes 0..{num_processes - 1}."
+        )
 
 
 def _wait_for_coordinator(address: str, timeout: float) -> None:

@@ -91,8 +91,9 @@ def ok_seeds(metrics: dict) -> np.ndarray:
     return (metrics["flow_result"] == 0) & (metrics["train_result"] == 0)
 
 
-def failure_fix(part: str, code: int, config: CompareConfig, bound: dict | None, data_std) -> str:
-    """What to change when `part` ("flow" or "training") fails with `code`."""
+def failure_fix(part: str, code: int, config: CompareConfig, bounds, data_std) -> str:
+    """What to change when `part` ("flow" or "training") fails with `code`; `bounds`: the
+    stability bounds of the seeds that failed so (None if not measured)."""
     standardise = ""
     if data_std is not None and not 1e-2 <= data_std <= 1e2:
         standardise = (
@@ -100,8 +101,18 @@ def failure_fix(part: str, code: int, config: CompareConfig, bound: dict | None,
             "them (subtract the mean, divide by the standard deviation)"
         )
     if code in (RESULTS.unstable, RESULTS.diverged):
-        below = f" below {bound['q10']:.3g} (the bound of 90% of seeds)" if bound else ""
-        return f"lower --lr (now {config.lr}){below}{standardise}"
+        finite = np.asarray(bounds if bounds is not None else [], np.float64)
+        finite = finite[np.isfinite(finite) & (finite > 0)]
+        if finite.size and finite.min() < config.lr:  # lr is above these seeds' bound
+            return (
+                f"lower --lr (now {config.lr}) below {finite.min():.3g}, the smallest stability "
+                f"bound of these seeds{standardise}"
+            )
+        # the bound at the start allowed this lr: the run left it later
+        return (
+            f"lower --lr (now {config.lr}), e.g. to {config.lr / 10:.3g}: these seeds' stability "
+            f"bound at the start allowed it, so the run left its stable range later{standardise}"
+        )
     if code in (RESULTS.solver_failed, RESULTS.max_segments_reached):
         return f"raise --max-steps (now {config.max_steps}) or loosen --rtol/--atol{standardise}"
     return f"check the data for NaN/inf or extreme scales{standardise}"
@@ -111,18 +122,19 @@ def summarise(metrics: dict, config: CompareConfig, origin: dict | None = None, 
     """Quantiles across ok seeds of every scalar metric, counts, failures and worst seeds."""
     origin = origin or {}
     ok = ok_seeds(metrics)
-    bound = quantiles(metrics["stability_bound"]) if "stability_bound" in metrics else None
+    bounds = metrics.get("stability_bound")
     failures = []
     for part, key in (("flow", "flow_result"), ("training", "train_result")):
         codes, counts = np.unique(metrics[key][metrics[key] != 0], return_counts=True)
         for code, count in zip(codes.tolist(), counts.tolist()):
+            failing = None if bounds is None else np.asarray(bounds)[metrics[key] == code]
             failures.append(
                 dict(
                     part=part,
                     code=RESULTS(code).name,
                     seeds=count,
                     what=MESSAGES[RESULTS(code)].split(";")[0],
-                    fix=failure_fix(part, code, config, bound, origin.get("data_std")),
+                    fix=failure_fix(part, code, config, failing, origin.get("data_std")),
                 )
             )
     worst = {}

@@ -16,8 +16,8 @@ TS = jnp.linspace(0.0, T1, 13)
 EVENTS = dict(method="events", solver=diffrax.Dopri8(), rtol=1e-13, atol=1e-14)
 # Error model for orbit vs events: both integrate smooth ODEs at local tolerances
 # <= 1e-10 (orbit: Tsit5 1e-10/1e-12; events: Dopri8 1e-13/1e-14) over <= ~100 steps,
-# and the clock's quadrature is exact to ~1e-13 (16-point Gauss-Legendre on analytic
-# integrands): ~1e-9 worst case, 10x below the 1e-8 asked for. (The reference is run
+# and the clock integrates each piece in closed form to ~1e-14 (test_clock.py):
+# ~1e-9 worst case, 10x below the 1e-8 asked for. (The reference is run
 # tighter than the orbit: at rtol 1e-12 its own error on a crossing at t = 1e-3 is 1e-8.)
 AGREE = 1e-8
 

@@ -103,6 +103,12 @@ def test_a_directory_with_results_or_a_live_writer_is_not_taken_over(tmp_path, s
         (["--stall-timeout", "-1"], "--stall-timeout must be a number of seconds >= 0"),
         (["--stall-timeout", "nan"], "--stall-timeout must be a number of seconds >= 0"),
         (["--connect-timeout", "-1"], "--connect-timeout must be a positive number of seconds"),
+        (
+            ["--process-id", "5", "--num-processes", "2"],
+            "--process-id 5 is out of range for --num-processes 2",
+        ),
+        (["--process-id", "-1", "--num-processes", "2"], "--process-id must be 0 or more"),
+        (["--num-processes", "0"], "--num-processes must be at least 1"),
     ],
 )
 def test_run_flags_are_checked_before_anything_is_written(tmp_path, capsys, flags, message):

@@ -410,3 +410,25 @@ def test_one_compiled_program_serves_every_chunk(tmp_path, monkeypatch):
     config = CompareConfig(**{**TINY, "seeds": 7, "chunk_size": 3})
     assert run_compare(config, str(tmp_path / "run"), progress=False)
     assert len(traces) == 1
+
+
+@pytest.mark.parametrize(
+    "bounds, expected",
+    [
+        ([0.005, 0.008], r"lower --lr \(now 0.01\) below 0.005, the smallest stability bound"),
+        # raw iris: the start allowed lr = 0.01 (bound 0.0341), training diverged later
+        (
+            [0.0341],
+            r"lower --lr \(now 0.01\), e.g. to 0.001: these seeds' stability bound at the start allowed it",
+        ),
+        (None, r"lower --lr \(now 0.01\), e.g. to 0.001"),
+    ],
+)
+def test_the_learning_rate_advice_follows_from_the_failing_seeds(bounds, expected):
+    from flowtrunc._config import CompareConfig
+    from flowtrunc._results import RESULTS
+    from flowtrunc._summary import failure_fix
+
+    fix = failure_fix("training", RESULTS.diverged, CompareConfig(lr=0.01), bounds, None)
+    assert re.search(expected, fix), fix
+    assert "below 0.0341" not in fix
