@@ -118,10 +118,22 @@ def write_atomic(path: str, write) -> None:
         ) from error
 
 
+def json_safe(value):
+    """`value` with every non-finite float written as the string "inf", "-inf" or "nan"
+    (JSON has no such numbers; a summary must be writable whatever the results are)."""
+    if isinstance(value, dict):
+        return {key: json_safe(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [json_safe(item) for item in value]
+    if isinstance(value, float | np.floating) and not np.isfinite(value):
+        return "nan" if np.isnan(value) else ("inf" if value > 0 else "-inf")
+    return value
+
+
 def write_json(path: str, value: dict) -> None:
     def write(temporary):
         with open(temporary, "w") as f:
-            json.dump(value, f, indent=2, sort_keys=True, allow_nan=False)
+            json.dump(json_safe(value), f, indent=2, sort_keys=True, allow_nan=False)
             f.write("\n")
 
     write_atomic(path, write)

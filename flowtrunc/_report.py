@@ -1,6 +1,8 @@
 """Summary and figures of a comparison run, drawn from its saved files only."""
 
+import errno
 import os
+import sys
 
 import numpy as np
 from matplotlib.ticker import MaxNLocator
@@ -52,33 +54,63 @@ def write_report(out_dir: str) -> dict:
     write_json(os.path.join(out_dir, SUMMARY), summary)
     folder = os.path.join(out_dir, "figures")
     os.makedirs(folder, exist_ok=True)
-    for name, fig in figures(config, metrics, trajectories, summary):
-        fig.savefig(os.path.join(folder, name), dpi=110)
-        plt.close(fig)
-    if trajectories is not None and trajectories["u"].shape[-1] == 2 and len(trajectories["ts"]):
-        animate_plane(trajectories, metrics, os.path.join(folder, "truncation.gif"))
+    for name, draw in figure_makers(config, metrics, trajectories, summary):
+        path = os.path.join(folder, name)
+        try:
+            if name.endswith(".gif"):
+                draw(path)
+                continue
+            fig = draw()
+            fig.savefig(path, dpi=110)
+            plt.close(fig)
+        except OSError as error:  # disk full, no permission: name the file and the next step
+            plt.close("all")
+            reason = "the disk is full" if error.errno == errno.ENOSPC else error.strerror or str(error)
+            raise OutputError(
+                f"could not write the figure {path!r}: {reason}. The results (summary.json, "
+                f"seeds.npz) are complete; free space (or fix the permission) and draw the "
+                f"figures again with `flowtrunc report {out_dir}`."
+            ) from error
+        except Exception as error:  # a figure the numbers cannot make: say why, keep the run
+            plt.close("all")
+            print(
+                f"figure {name} was not drawn: {type(error).__name__}: {str(error).splitlines()[0][:200]} "
+                "(the results in summary.json and seeds.npz are complete)",
+                file=sys.stderr,
+            )
     return summary
 
 
-def figures(config, metrics, trajectories, summary) -> list:
-    """`[(file name, Figure)]` of a run: errors across seeds, and, from the kept
-    trajectories, thresholds, cost, truncated counts and (M = 2) the input plane."""
+def figure_makers(config, metrics, trajectories, summary) -> list:
+    """`[(file name, draw)]` of a run: errors across seeds, and, from the kept
+    trajectories, thresholds, cost, truncated counts and (M = 2) the input plane and its
+    animation. `draw()` returns a Figure (`draw(path)` writes the animation)."""
     import matplotlib.pyplot as plt
 
-    drawn = [("errors.png", _errors(plt, config, metrics, summary))]
+    makers = [("errors.png", lambda: _errors(plt, config, metrics, summary))]
     if config.off_adapted > 0 and ok_seeds(metrics).any():
-        drawn.append(("departure.png", _departure(plt, config, metrics)))
+        makers.append(("departure.png", lambda: _departure(plt, config, metrics)))
     if config.cost == "output" and ok_seeds(metrics).any():
-        drawn.append(("output_metric.png", _output_metric(plt, config, metrics)))
+        makers.append(("output_metric.png", lambda: _output_metric(plt, config, metrics)))
     if trajectories is not None and len(trajectories["ts"]):
-        drawn += [
-            ("thresholds.png", _thresholds(plt, metrics, trajectories)),
-            ("cost.png", _cost(plt, config, metrics, trajectories)),
-            ("truncation.png", _truncation(plt, metrics, trajectories)),
+        makers += [
+            ("thresholds.png", lambda: _thresholds(plt, metrics, trajectories)),
+            ("cost.png", lambda: _cost(plt, config, metrics, trajectories)),
+            ("truncation.png", lambda: _truncation(plt, metrics, trajectories)),
         ]
         if trajectories["u"].shape[-1] == 2:
-            drawn.append(("plane.png", _plane(plt, metrics, trajectories)))
-    return drawn
+            makers.append(("plane.png", lambda: _plane(plt, metrics, trajectories)))
+            makers.append(("truncation.gif", lambda path: animate_plane(trajectories, metrics, path)))
+    return makers
+
+
+def figures(config, metrics, trajectories, summary) -> list:
+    """`[(file name, Figure)]` of a run (the animation apart)."""
+    return [
+        (name, draw())
+        for name, draw in figure_makers(config, metrics, trajectories, summary)
+        if not name.endswith(".gif")
+    ]
 
 
 def _colours(plt, labels):

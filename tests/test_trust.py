@@ -432,3 +432,51 @@ def test_the_learning_rate_advice_follows_from_the_failing_seeds(bounds, expecte
     fix = failure_fix("training", RESULTS.diverged, CompareConfig(lr=0.01), bounds, None)
     assert re.search(expected, fix), fix
     assert "below 0.0341" not in fix
+
+
+def test_summary_json_states_inf_and_nan(tmp_path):
+    path = str(tmp_path / "summary.json")
+    _output.write_json(path, {"a": float("inf"), "b": [float("nan"), 1.5], "c": {"d": np.float64(-np.inf)}})
+    assert json.loads(open(path).read()) == {"a": "inf", "b": ["nan", 1.5], "c": {"d": "-inf"}}
+
+
+def test_a_figure_that_cannot_be_drawn_is_named_and_the_run_kept(tmp_path, reference, monkeypatch, capsys):
+    import shutil
+
+    import flowtrunc._report as report
+
+    out = str(tmp_path / "copy")
+    shutil.copytree(reference, out)
+    shutil.rmtree(os.path.join(out, "figures"))
+
+    def cannot(*args, **kwargs):  # what all-identical points did to the plane figure
+        raise ValueError("figure size must be positive finite not (nan, 4.8)")
+
+    monkeypatch.setattr(report, "_plane", cannot)
+    summary = report.write_report(out)
+    err = capsys.readouterr().err
+    assert "figure plane.png was not drawn: ValueError: figure size must be positive finite" in err
+    assert summary["ok_seeds"] == 8 and os.path.isfile(os.path.join(out, "summary.json"))
+    assert {"errors.png", "thresholds.png", "truncation.gif"} <= set(os.listdir(os.path.join(out, "figures")))
+    assert "plane.png" not in os.listdir(os.path.join(out, "figures"))
+
+
+def test_a_full_disk_while_figures_are_written_names_the_file(tmp_path, reference, monkeypatch):
+    import shutil
+
+    import matplotlib.figure
+
+    import flowtrunc._report as report
+
+    out = str(tmp_path / "copy")
+    shutil.copytree(reference, out)
+
+    def full(self, path, *args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(matplotlib.figure.Figure, "savefig", full)
+    with pytest.raises(
+        _output.OutputError,
+        match=r"could not write the figure .*errors.png.*the disk is full.*flowtrunc report",
+    ):
+        report.write_report(out)
