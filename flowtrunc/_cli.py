@@ -621,6 +621,23 @@ def main(argv=None) -> int:
     return code
 
 
+def check_platform() -> None:
+    """JAX can start the platform it was asked for (`JAX_PLATFORMS`); else one line naming
+    it and the way out, instead of JAX's AssertionError from backend selection."""
+    import jax
+
+    try:
+        jax.devices()
+    except Exception as error:  # RuntimeError or AssertionError, by JAX version
+        asked = os.environ.get("JAX_PLATFORMS") or jax.config.jax_platforms or "(default)"
+        reason = str(error).splitlines()[0][:200] if str(error) else "no such device here"
+        raise ValueError(
+            f"JAX cannot start the platform asked for (JAX_PLATFORMS={asked}): {reason}. Unset "
+            "JAX_PLATFORMS (JAX then uses the best device present) or set JAX_PLATFORMS=cpu; a GPU "
+            'run needs a visible GPU and `pip install "jax[cuda12]"`.'
+        ) from None
+
+
 def _check_run_flags(args) -> None:
     timeout = getattr(args, "stall_timeout", 0.0)
     if not (math.isfinite(timeout) and timeout >= 0):
@@ -640,6 +657,8 @@ def _main(argv=None) -> int:
 
     try:
         _check_run_flags(args)
+        if args.command in ("compare", "sweep", "demo"):
+            check_platform()
         return args.run(args)
     except StalledRun as error:
         print(f"\nflowtrunc: error: {error}", file=sys.stderr)

@@ -213,7 +213,20 @@ def compare_seed(seed, config: CompareConfig, user_data: Dataset | None = None, 
         layer,
         not config.freeze_output,
     )
-    unstable = config.check_stability & (config.lr > bound)
+    # along the run: gradient descent on the flow's slowest-to-fastest relaxation
+    # dθ*/dt = −κ (θ* − v̄) is stable iff lr κ < 2, κ = Γ_{ℓ*ℓ*} n/N read off the flow's
+    # state at every save (free: the flow computed it). Shrinking scales raise Γ ~ D^-2.
+    kappa = clock * _kappa(
+        flow.thresholds,
+        flow.scales,
+        flow.n_truncated,
+        data.num_points,
+        weights_flag(train_weights, config.parameterisation),
+    )
+    along = 2.0 / jnp.max(kappa, axis=1)  # (T,), inf where nothing is truncated
+    left = config.lr > along
+    unstable_from = jnp.where(jnp.any(left), run.ts[jnp.argmax(left)], jnp.inf)
+    unstable = config.check_stability & ((config.lr > bound) | jnp.any(left))
     # lr above the bound is why such a seed diverges: report the cause (and its fix)
     train_result = jnp.where(
         unstable & ((run.result == 0) | (run.result == RESULTS.diverged)), RESULTS.unstable, run.result
@@ -268,6 +281,8 @@ def compare_seed(seed, config: CompareConfig, user_data: Dataset | None = None, 
         flow_result=flow.result,
         train_result=train_result,
         stability_bound=bound,
+        stability_bound_run=jnp.minimum(bound, jnp.min(along)),
+        unstable_from=jnp.where(config.lr > bound, 0.0, unstable_from),
         threshold_error=jnp.max(jnp.abs(run.thresholds - flow.thresholds)) / theta_scale,
         cost_error=jnp.max(jnp.abs(run.cost - flow_cost)) / flow_cost[0],
         truncation_agreement=jnp.mean(jnp.all(run.n_truncated == flow.n_truncated, axis=1)),
@@ -296,14 +311,7 @@ def compare_seed(seed, config: CompareConfig, user_data: Dataset | None = None, 
         cost_train=run.cost,
         n_flow=flow.n_truncated,
         n_train=run.n_truncated,
-        kappa_flow=clock
-        * _kappa(
-            flow.thresholds,
-            flow.scales,
-            flow.n_truncated,
-            data.num_points,
-            weights_flag(train_weights, config.parameterisation),
-        ),
+        kappa_flow=kappa,
         u=u,
         labels=data.labels,
         frame=net.frame,

@@ -9,7 +9,7 @@ from ._custom_types import Array, Bool, Float, Int
 from ._data import Dataset
 from ._effective import weights_flag
 from ._ending import END_KINDS as END_KINDS
-from ._flow import _prepare, solver_settings
+from ._flow import _prepare, solver_settings, traced_inputs_ok, with_input_check
 from ._network import AdaptedReLUNet
 from ._orbit_solve import flow_coordinates, orbit_tools, result_code, unsort
 
@@ -82,9 +82,10 @@ def end_state(
     weights = weights_flag(train_weights, parameterisation)
     stats, theta, scales, _, _, _, _ = _prepare(net, data, jnp.zeros(1), None, None, None, "end_state")
     settings = solver_settings(theta.dtype, solver, rtol, atol, max_steps, "orbit")
-    return _end_state(
+    end = _end_state(
         stats, theta, scales, data.labels, data.num_classes, weights, *settings, bool(with_times)
     )
+    return with_input_check(end, traced_inputs_ok(net, data))
 
 
 @eqx.filter_jit

@@ -12,6 +12,7 @@ class RESULTS(enum.IntEnum):
     nonfinite_state = 3
     diverged = 4
     unstable = 5
+    invalid_input = 6
 
 
 MESSAGES = {
@@ -21,8 +22,12 @@ MESSAGES = {
     "collapse); raise `max_steps` or loosen `rtol`/`atol`",
     RESULTS.nonfinite_state: "the state became NaN or inf; check the network and data of this seed",
     RESULTS.diverged: "training diverged (NaN, inf or exploding cost); lower the learning rate",
-    RESULTS.unstable: "the learning rate exceeds the stability bound 2/λ_max of gradient descent at "
-    "the start; lower it below the bound",
+    RESULTS.unstable: "the learning rate exceeds the stability bound of gradient descent, at the "
+    "start (2/λ_max) or along the run (2/κ on the flow's state; `unstable_from` says when); lower it "
+    "below the bound",
+    RESULTS.invalid_input: "an input that is checked only on concrete arrays was invalid under "
+    "jit/vmap (`ts` unsorted, NaN or negative; a non-positive scale; a frame that is not "
+    "orthogonal; NaN or inf data); call the function once outside jit on this seed to see which",
 }
 
 

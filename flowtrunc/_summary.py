@@ -39,6 +39,11 @@ METRICS = {
         None,
     ),
     "stability_bound": ("2/λ_max of gradient descent at the start [flow time]; lr above it fails", "min"),
+    "stability_bound_run": (
+        "the smaller of that and min over saves of 2/κ_max(t), κ = Γ_{ℓ*ℓ*} n/N on the flow's state "
+        "[flow time]: the bound along the run; lr above it fails",
+        "min",
+    ),
 }
 
 DESCRIPTIONS = {
@@ -122,7 +127,7 @@ def summarise(metrics: dict, config: CompareConfig, origin: dict | None = None, 
     """Quantiles across ok seeds of every scalar metric, counts, failures and worst seeds."""
     origin = origin or {}
     ok = ok_seeds(metrics)
-    bounds = metrics.get("stability_bound")
+    bounds = metrics.get("stability_bound_run", metrics.get("stability_bound"))
     failures = []
     for part, key in (("flow", "flow_result"), ("training", "train_result")):
         codes, counts = np.unique(metrics[key][metrics[key] != 0], return_counts=True)

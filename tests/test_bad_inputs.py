@@ -174,3 +174,47 @@ def test_a_resume_refuses_a_chunk_of_other_settings_before_computing(tmp_path, c
     assert not os.path.exists(os.path.join(out, "seeds.npz"))
     # the lock was released: nothing else left behind
     assert not os.path.exists(os.path.join(out, ".lock"))
+
+
+def test_a_platform_that_is_not_there_is_one_line_with_the_way_out(tmp_path):
+    """`JAX_PLATFORMS=cuda` on a host without a GPU: JAX's AssertionError from backend
+    selection becomes one line naming the platform and the fix; nothing is written."""
+    from helpers import cli_process
+
+    out = tmp_path / "run"
+    process = cli_process(
+        ["compare", "--out", str(out)], env_extra={"JAX_PLATFORMS": "definitely_not_a_platform"}
+    )
+    _, err = process.communicate(timeout=120)
+    assert process.returncode == 2, err
+    assert "JAX cannot start the platform asked for (JAX_PLATFORMS=definitely_not_a_platform)" in err
+    assert "set JAX_PLATFORMS=cpu" in err and "Traceback" not in err
+    assert not out.exists()
+
+
+def test_invalid_inputs_under_jit_get_a_failing_result_code_never_success():
+    """Checks that need concrete arrays cannot raise under jit/vmap: the seed gets
+    `invalid_input` (with its message), and the other seeds of a batch are untouched."""
+    import equinox as eqx
+    import jax
+    import jax.numpy as jnp
+    from helpers import problem
+
+    import flowtrunc as ft
+
+    invalid = ft.RESULTS.invalid_input
+    net, data = problem(jax.random.key(0))
+    ts = jnp.linspace(0.0, 2.0, 5)
+    by_ts = jax.jit(lambda ts: ft.solve_effective(net, data, ts=ts).result)
+    assert int(by_ts(ts)) == 0
+    for bad in (ts[::-1], ts.at[2].set(jnp.nan), ts - 1.0):
+        assert int(by_ts(bad)) == invalid
+    events = jax.jit(lambda ts: ft.solve_effective(net, data, ts=ts, method="events").result)
+    assert int(events(ts[::-1])) == invalid
+    nets = eqx.filter_vmap(lambda k: problem(k)[0])(jax.random.split(jax.random.key(1), 3))
+    nets = eqx.tree_at(lambda n: n.scales, nets, nets.scales.at[1, 0, 0].set(-0.5))  # seed 1 only
+    results = eqx.filter_jit(eqx.filter_vmap(lambda n: ft.end_state(n, data).result))(nets)
+    assert [int(r) for r in results] == [0, invalid, 0]
+    skewed = eqx.tree_at(lambda n: n.frame, net, net.frame * 1.1)
+    assert int(eqx.filter_jit(lambda n: ft.solve_frozen_exact(n, data, ts=ts).result)(skewed)) == invalid
+    assert "call the function once outside jit" in ft.describe(jnp.asarray(invalid))[0]

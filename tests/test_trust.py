@@ -480,3 +480,27 @@ def test_a_full_disk_while_figures_are_written_names_the_file(tmp_path, referenc
         match=r"could not write the figure .*errors.png.*the disk is full.*flowtrunc report",
     ):
         report.write_report(out)
+
+
+@pytest.mark.slow  # a shape of its own: one more compiled comparison
+def test_training_that_leaves_its_stability_bound_mid_run_is_unstable(tmp_path, capsys):
+    """The new user's case: 24 points in M = 10, depth 2, lr 0.01, t1 1. The bound at the
+    start (~0.26) allows lr, then the scales shrink, Γ grows like D^-2 and gradient descent
+    runs past its bound while its cost still falls (threshold errors ~1 against the flow;
+    at lr 0.001 they agree to 1e-3). Every such seed must be `unstable`, with when, and the
+    fix must name a bound below the current lr."""
+    out = str(tmp_path / "run")
+    flags = "--dim 10 --points 24 --depth 2 --lr 0.01 --t1 1 --seeds 4 --chunk-size 4 --saves 10"
+    code = main(["compare", "--out", out, *flags.split()])
+    captured = capsys.readouterr()
+    metrics = _metrics(out)
+    left = metrics["train_result"] == 5  # RESULTS.unstable
+    assert left.any(), captured.out
+    assert np.all(metrics["stability_bound"][left] > 0.01)  # the start allowed lr = 0.01
+    assert np.all(metrics["stability_bound_run"][left] < 0.01)
+    assert np.all((metrics["unstable_from"][left] > 0) & (metrics["unstable_from"][left] <= 1.0))
+    summary = json.loads(open(os.path.join(out, "summary.json")).read())
+    fix = next(f["fix"] for f in summary["failures"] if f["code"] == "unstable")
+    bound = float(re.search(r"below ([0-9.e-]+)", fix)[1])
+    assert bound < 0.01, fix
+    assert code != 0 or summary["ok_seeds"] > 0
