@@ -489,6 +489,12 @@ def run_compare(
     check_fits_in_memory(config)
     _enable_precision(config)
     config, user_data = resolve_data(config)
+    if config.chunk_size < min(config.keep, config.seeds) and progress and jax.process_index() == 0:
+        print(
+            f"keeping the trajectories of {config.chunk_size} seeds, not --keep {config.keep}: they "
+            f"come from the first chunk (--chunk-size {config.chunk_size}); raise --chunk-size to keep more.",
+            file=sys.stderr,
+        )
     if jax.process_index() != 0:  # in a multi-process run only process 0 touches the files
         covered = _tell_others(True, None, config.seeds)
         return _run_chunks(
