@@ -221,8 +221,19 @@ def table_rows(out_dir: str) -> tuple[list[str], list[dict]]:
     with open(os.path.join(out_dir, SWEEP)) as f:
         record = json.load(f)
     grid = record["grid"]
+    points = list(itertools.product(*grid.values()))
+    missing = [
+        i for i in range(len(points)) if not os.path.isfile(os.path.join(_point_folder(out_dir, i), SUMMARY))
+    ]
+    if missing:
+        shown = ", ".join(str(i) for i in missing[:5]) + (", ..." if len(missing) > 5 else "")
+        raise OutputError(
+            f"the sweep in {out_dir!r} is unfinished: {len(missing)} of {len(points)} points have no "
+            f"results yet (points {shown}). Continue it with the same `flowtrunc sweep` command plus "
+            "--resume; the table and figures are written when every point is done."
+        )
     rows = []
-    for index, values in enumerate(itertools.product(*grid.values())):
+    for index, values in enumerate(points):
         with open(os.path.join(out_dir, "points", f"{index:04d}", SUMMARY)) as f:
             summary = json.load(f)
         ok = summary["ok_seeds"]

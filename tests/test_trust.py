@@ -512,3 +512,14 @@ def test_keep_above_the_chunk_size_is_said(tmp_path, capsys):
     assert "keeping the trajectories of 4 seeds, not --keep 6" in capsys.readouterr().err
     assert not run_compare(CompareConfig(**TINY), str(tmp_path / "other"), max_chunks=0)
     assert "keeping the trajectories" not in capsys.readouterr().err
+
+
+def test_report_on_an_unfinished_sweep_says_so(tmp_path, capsys):
+    from flowtrunc._sweep import SWEEP
+
+    (tmp_path / "points" / "0000").mkdir(parents=True)
+    (tmp_path / SWEEP).write_text(json.dumps({"grid": {"lr": [0.01, 0.02, 0.04]}}))
+    (tmp_path / "points" / "0000" / "summary.json").write_text("{}")
+    assert main(["report", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert "is unfinished: 2 of 3 points have no results yet (points 1, 2)" in err and "--resume" in err
