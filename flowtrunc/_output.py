@@ -380,6 +380,19 @@ def check_chunks(out_dir: str) -> list[tuple[int, int]]:
                 "numbers would be mixed into the results. Delete it (or restore the original "
                 "config.json) and resume to recompute those seeds."
             )
+    path = os.path.join(out_dir, TRAJECTORIES)
+    if os.path.isfile(path):
+        try:
+            with np.load(path) as archive:
+                found = str(archive["fingerprint"]) if "fingerprint" in archive.files else None
+        except Exception as error:
+            raise OutputError(f"{path!r} is damaged ({error}); delete it and resume.") from error
+        if found != expected:
+            raise OutputError(
+                f"{path!r} was computed with other settings or data than this run's config.json; "
+                "delete it and the chunk of seeds 0.. (or restore the original config.json) and "
+                "resume to recompute them."
+            )
     return ranges
 
 
@@ -572,6 +585,7 @@ def _run_chunks(config, user_data, out_dir, max_chunks, progress, covered, stall
         if leader:
             if start == 0 and config.keep > 0:
                 kept = {name: value[: config.keep] for name, value in trajectories.items()}
+                kept["fingerprint"] = np.asarray(fingerprint)
                 write_atomic(os.path.join(out_dir, TRAJECTORIES), lambda p: _save_npz(p, kept))
             path = os.path.join(out_dir, "chunks", _chunk_name(start, stop))
             stamp = {"chunk_seconds": np.float64(seconds), "fingerprint": np.asarray(fingerprint)}

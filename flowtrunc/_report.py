@@ -38,6 +38,8 @@ def load_run(out_dir: str):
     metrics = _load_npz(os.path.join(out_dir, SEEDS))
     path = os.path.join(out_dir, TRAJECTORIES)
     trajectories = _load_npz(path) if os.path.isfile(path) else None
+    if trajectories is not None:
+        trajectories.pop("fingerprint", None)  # checked on resume (`check_chunks`)
     return config, origin, metrics, trajectories
 
 

@@ -218,3 +218,16 @@ def test_invalid_inputs_under_jit_get_a_failing_result_code_never_success():
     skewed = eqx.tree_at(lambda n: n.frame, net, net.frame * 1.1)
     assert int(eqx.filter_jit(lambda n: ft.solve_frozen_exact(n, data, ts=ts).result)(skewed)) == invalid
     assert "call the function once outside jit" in ft.describe(jnp.asarray(invalid))[0]
+
+
+def test_trajectories_of_other_settings_are_named_not_mixed_in(tmp_path):
+    from flowtrunc._output import check_chunks
+
+    out = _fake_run(tmp_path, [(0, 4)])
+    np.savez(tmp_path / "run" / "trajectories.npz", ts=np.zeros(3), fingerprint=np.asarray("another"))
+    with pytest.raises(OutputError, match=r"trajectories.npz' was computed with other settings"):
+        check_chunks(out)
+    np.savez(
+        tmp_path / "run" / "trajectories.npz", ts=np.zeros(3), fingerprint=np.asarray(run_fingerprint(out))
+    )
+    assert check_chunks(out) == [(0, 4)]
