@@ -408,8 +408,8 @@ def _check_demo(args) -> None:
         raise ValueError(f"--points ({args.points}) must be >= --clusters ({args.clusters}).")
     if not (math.isfinite(args.t1) and args.t1 > 0):
         raise ValueError(f"--t1 must be a finite positive time, got {args.t1}.")
-    if args.seed < 0:
-        raise ValueError(f"--seed must be >= 0, got {args.seed}.")
+    if not 0 <= args.seed < 2**32:  # jax.random.key takes a 32-bit seed (64 with x64)
+        raise ValueError(f"--seed must be in 0..{2**32 - 1}, got {args.seed}.")
 
 
 def _demo(args) -> int:

@@ -294,6 +294,9 @@ def test_demo_messages_name_its_flags(capsys):
     assert "--points (2) must be >= --clusters (3)" in capsys.readouterr().err
     assert main(["demo", "--t1", "inf"]) == 2
     assert "--t1 must be a finite positive time" in capsys.readouterr().err
+    for seed in ("-1", str(2**64)):  # 2^64 overflowed inside jax.random.key
+        assert main(["demo", "--seed", seed]) == 2
+        assert f"--seed must be in 0..4294967295, got {seed}" in capsys.readouterr().err
 
 
 # ---------------------------------------------------------------- what a person sees
