@@ -90,7 +90,8 @@ def integral(p, z, xa, x):
     gauss_x, gauss_w = np.polynomial.legendre.leggauss(len(p) - 1 + _EXTRA_NODES)
     half, middle = 0.5 * (x - xa), 0.5 * (x + xa)
     nodes = middle + half * jnp.asarray(gauss_x, x.dtype)
-    far = half * jnp.sum(jnp.asarray(gauss_w, x.dtype) * _horner(p, nodes) / (zf - nodes))
+    terms = jnp.asarray(gauss_w, x.dtype) * _horner(p, nodes) / (zf - nodes)
+    far = half * sum(terms[i] for i in range(terms.shape[0]))  # fixed order: batch-independent bits
     return jnp.where(near, closed, far)
 
 

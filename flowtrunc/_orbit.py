@@ -93,7 +93,12 @@ def step_polynomials(interpolation_cls, infos, dtype):
         return jax.vmap(local.evaluate)(jnp.asarray(nodes, dtype))
 
     values = jax.vmap(on_step)(h_infos)
-    return values @ jnp.asarray(fit, dtype).T
+    # elementwise sums in a fixed order, not a matrix product: the same bits at any batch
+    # size (a chunk of seeds must not change a seed's result)
+    return jnp.stack(
+        [sum(float(fit[j, i]) * values[:, i] for i in range(fit.shape[1])) for j in range(fit.shape[0])],
+        axis=-1,
+    )
 
 
 class Orbit(eqx.Module):

@@ -26,10 +26,10 @@ def _metrics(out_dir):
         return {key: archive[key] for key in archive.files}
 
 
-def _same(a, b):
+def _same(a, b, rtol=0.0):
     assert a.keys() == b.keys()
     for key in a:
-        np.testing.assert_array_equal(a[key], b[key], err_msg=key)
+        np.testing.assert_allclose(a[key], b[key], rtol=rtol, atol=0.0, err_msg=key)
 
 
 def _config_file(tmp_path, with_data=False, **values):
@@ -96,7 +96,10 @@ def test_resume_with_another_chunk_size_gives_identical_results(tmp_path, refere
         "seeds_00000004-00000007.npz",
         "seeds_00000007-00000008.npz",
     ]
-    _same(_metrics(out), _metrics(reference))
+    # another batch shape may fuse the clock's Newton steps differently: a few ulps in
+    # thresholds, ~1e-13 relative in error metrics of size 1e-3 (as test_compare's
+    # chunk-size test allows); integer and boolean metrics exactly
+    _same(_metrics(out), _metrics(reference), rtol=1e-12)
 
 
 def test_pending_chunks_fill_the_gaps():
