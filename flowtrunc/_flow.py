@@ -14,13 +14,11 @@ from ._data import Dataset
 from ._effective import at_active, check_adapted, effective_velocity, gamma_column, weights_flag
 from ._events import Discrete, first_event_distance
 from ._input_space import thresholds
-from ._linalg import matmul
 from ._network import AdaptedReLUNet
 from ._orbit_solve import event_list, flow_coordinates, orbit_tools, result_code, unsort
-from ._results import RESULTS
 from ._solve import EffectiveSolution, solution, solve_segments
 from ._statistics import coordinate_stats, cost_gradient
-from ._validate import check_positive_int, float_array, is_concrete, orthogonality_tolerance
+from ._validate import check_positive_int, float_array, is_concrete, traced_inputs_ok, with_input_check
 
 METHODS = ("orbit", "events")
 
@@ -47,32 +45,6 @@ def _check_times(ts, t1, allow_inf=False):
     if is_concrete(ts, t1) and float(ts[-1]) > float(t1):
         raise ValueError(f"`ts` must lie in [0, t1]; ts[-1] = {float(ts[-1])} > t1 = {float(t1)}.")
     return ts, t1
-
-
-def traced_inputs_ok(net, data, ts=None, allow_inf=True):
-    """Under jit or vmap, the checks `_prepare` makes on concrete arrays, as one boolean
-    (True when the inputs are concrete: they were checked there). A seed that fails it gets
-    `RESULTS.invalid_input`, never a success."""
-    leaves = [net.frame, net.scales, net.biases, data.x, data.targets] + ([] if ts is None else [ts])
-    if is_concrete(*leaves):
-        return jnp.array(True)
-    frame = net.frame
-    width = frame.shape[0]
-    gram = matmul(frame.T, frame)
-    ok = jnp.all(
-        jnp.abs(gram - jnp.eye(width, dtype=frame.dtype)) <= orthogonality_tolerance(frame.dtype, width)
-    )
-    ok = ok & jnp.all(net.scales > 0) & jnp.all(jnp.isfinite(net.scales)) & jnp.all(jnp.isfinite(net.biases))
-    ok = ok & jnp.all(jnp.isfinite(data.x)) & jnp.all(jnp.isfinite(data.targets))
-    if ts is not None:
-        finite = jnp.isfinite(ts) | (allow_inf & (ts == jnp.inf))
-        ok = ok & jnp.all(finite) & jnp.all(jnp.diff(ts) >= 0) & (ts[0] >= 0)
-    return ok
-
-
-def with_input_check(solution, ok):
-    """`solution` with its `result` set to `invalid_input` where `ok` is False."""
-    return eqx.tree_at(lambda s: s.result, solution, jnp.where(ok, solution.result, RESULTS.invalid_input))
 
 
 def _prepare(net, data, ts, t1, max_segments, max_events, entry_point, allow_inf=False):

@@ -30,7 +30,7 @@ from ._linalg import matmul, symmetric_eigenvalues
 from ._network import AdaptedReLUNet, ReLUNet
 from ._output_layer import OutputLayer, output_cost, pulled_back
 from ._results import RESULTS
-from ._validate import check_positive_int, is_concrete
+from ._validate import check_positive_int, is_concrete, traced_inputs_ok, with_input_check
 
 MODES = ("adapted", "unconstrained")
 COSTS = ("input", "output")
@@ -381,7 +381,7 @@ def train(
     # lr and the factor travel as arrays and the default optimizer is built inside the
     # jitted function, so a new lr does not recompile.
     dtype = net.biases.dtype
-    return _train(
+    run = _train(
         net,
         data,
         jnp.asarray(lr, dtype),
@@ -398,6 +398,7 @@ def train(
         output_layer,
         train_output,
     )
+    return with_input_check(run, traced_inputs_ok(net, data))
 
 
 @eqx.filter_jit

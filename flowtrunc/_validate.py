@@ -5,9 +5,13 @@ positivity, orthogonality, conditioning, label ranges) run only on concrete arra
 a transformation the solvers report a per-seed result code instead of aborting the batch.
 """
 
+import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
+
+from ._linalg import matmul
+from ._results import RESULTS
 
 
 def is_concrete(*arrays) -> bool:
@@ -112,3 +116,29 @@ def check_invertible(name: str, matrices) -> None:
                     f"{limit:.3g}); the truncation map needs invertible weights. Perturb "
                     "it or draw a new one."
                 )
+
+
+def traced_inputs_ok(net, data, ts=None, allow_inf=True):
+    """Under jit or vmap, the checks `_prepare` makes on concrete arrays, as one boolean
+    (True when the inputs are concrete: they were checked there). A seed that fails it gets
+    `RESULTS.invalid_input`, never a success."""
+    leaves = [net.frame, net.scales, net.biases, data.x, data.targets] + ([] if ts is None else [ts])
+    if is_concrete(*leaves):
+        return jnp.array(True)
+    frame = net.frame
+    width = frame.shape[0]
+    gram = matmul(frame.T, frame)
+    ok = jnp.all(
+        jnp.abs(gram - jnp.eye(width, dtype=frame.dtype)) <= orthogonality_tolerance(frame.dtype, width)
+    )
+    ok = ok & jnp.all(net.scales > 0) & jnp.all(jnp.isfinite(net.scales)) & jnp.all(jnp.isfinite(net.biases))
+    ok = ok & jnp.all(jnp.isfinite(data.x)) & jnp.all(jnp.isfinite(data.targets))
+    if ts is not None:
+        finite = jnp.isfinite(ts) | (allow_inf & (ts == jnp.inf))
+        ok = ok & jnp.all(finite) & jnp.all(jnp.diff(ts) >= 0) & (ts[0] >= 0)
+    return ok
+
+
+def with_input_check(solution, ok):
+    """`solution` with its `result` set to `invalid_input` where `ok` is False."""
+    return eqx.tree_at(lambda s: s.result, solution, jnp.where(ok, solution.result, RESULTS.invalid_input))

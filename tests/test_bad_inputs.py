@@ -218,6 +218,10 @@ def test_invalid_inputs_under_jit_get_a_failing_result_code_never_success():
     skewed = eqx.tree_at(lambda n: n.frame, net, net.frame * 1.1)
     assert int(eqx.filter_jit(lambda n: ft.solve_frozen_exact(n, data, ts=ts).result)(skewed)) == invalid
     assert "call the function once outside jit" in ft.describe(jnp.asarray(invalid))[0]
+    # training with a negative scale said "diverged; lower the learning rate"
+    negative = eqx.tree_at(lambda n: n.scales, net, net.scales.at[0, 0].set(-0.5))
+    trained = eqx.filter_jit(lambda n: ft.train(n, data, lr=0.01, steps=4, save_every=4).result)
+    assert int(trained(negative)) == invalid and int(trained(net)) == 0
 
 
 def test_trajectories_of_other_settings_are_named_not_mixed_in(tmp_path):
