@@ -83,6 +83,7 @@ def join_processes(args) -> None:
     On CPU the processes talk through gloo."""
     given = [args.coordinator, args.num_processes, args.process_id]
     if not args.distributed and all(value is None for value in given):
+        check_platform()
         return
     check_process_flags(args.num_processes, args.process_id)
     if args.coordinator is not None and args.process_id not in (None, 0):
@@ -103,6 +104,7 @@ def join_processes(args) -> None:
             f"waited up to {args.connect_timeout} s): {str(error).splitlines()[0][:300]}. Check "
             "--coordinator HOST:PORT, --num-processes and --process-id, and that process 0 runs."
         ) from None
+    check_platform()  # only now: jax.distributed.initialize must come before any device use
 
 
 def check_process_flags(num_processes, process_id) -> None:
@@ -657,7 +659,7 @@ def _main(argv=None) -> int:
 
     try:
         _check_run_flags(args)
-        if args.command in ("compare", "sweep", "demo"):
+        if args.command == "demo":  # compare and sweep check after joining processes
             check_platform()
         return args.run(args)
     except StalledRun as error:
