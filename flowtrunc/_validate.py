@@ -140,5 +140,10 @@ def traced_inputs_ok(net, data, ts=None, allow_inf=True):
 
 
 def with_input_check(solution, ok):
-    """`solution` with its `result` set to `invalid_input` where `ok` is False."""
-    return eqx.tree_at(lambda s: s.result, solution, jnp.where(ok, solution.result, RESULTS.invalid_input))
+    """`solution` with its `result` set to `invalid_input` where `ok` is False: the input is
+    the cause of whatever the solver reported (success, "diverged", ...), except NaN or inf
+    in the state, which says more (`nonfinite_state` is kept)."""
+    failed = ~ok & (solution.result != RESULTS.nonfinite_state)
+    return eqx.tree_at(
+        lambda s: s.result, solution, jnp.where(failed, RESULTS.invalid_input, solution.result)
+    )
