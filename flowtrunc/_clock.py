@@ -1,9 +1,9 @@
 r"""The clock of one coordinate, in closed form: how long θ* takes along its path.
 
-Along the orbit $dt/ds = h(s)/(g\,\cdot)$; in a piece $[a, b]$ of the path (no data
+Along the orbit $dt/ds = -h(s)/g$ in the path length s; in a piece $[a, b]$ of the path (no data
 coordinate, layer switch or solver step boundary inside) the count n and the mean
 truncated target are fixed, so with $c$ the path length of that mean (the piece's
-asymptote, $c \ge b$)
+asymptote, $c \ge b$), $-g = (n/N)(c - s)$ and
 
 $$\Delta t = \frac{N}{n}\int_a^b \frac{h(s)}{c - s}\,ds, \qquad h = 1/\Gamma_{\ell^*\ell^*}.$$
 

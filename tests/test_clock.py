@@ -54,18 +54,16 @@ def test_piece_integral_against_a_150_digit_reference(degree):
 
 
 def _orbit(solver, key=3):
-    net, data = problem(jax.random.key(key))
-    stats, theta, scales = None, None, None
     from flowtrunc._flow import _prepare
 
-    stats, theta, scales, *_ = _prepare(net, data, jnp.zeros(1), None, None, None, "test")
-    k = 0
-    direction = jnp.asarray(1.0)
+    net, data = problem(jax.random.key(key))
+    _, theta, scales, *_ = _prepare(net, data, jnp.zeros(1), None, None, None, "test")
+    direction = jnp.asarray(1.0)  # the first coordinate, rising for a path length of 3
     tools = orbit_tools(jnp.float64, 1e-10, 1e-12, solver)
     orbit = orbit_module.solve_orbit(
-        theta[:, k], scales[:, k], direction, jnp.asarray(3.0), train_weights=True, max_steps=256, **tools
+        theta[:, 0], scales[:, 0], direction, jnp.asarray(3.0), train_weights=True, max_steps=256, **tools
     )
-    return orbit, start_layer(theta[:, k : k + 1], direction[None])[0]
+    return orbit, start_layer(theta[:, :1], direction[None])[0]
 
 
 @pytest.mark.parametrize("solver", [diffrax.Tsit5(), diffrax.Dopri5(), diffrax.Dopri8(), diffrax.Bosh3()])
