@@ -411,7 +411,7 @@ def _plane(plt, metrics, tr):
 def animate_plane(tr, metrics, path: str, frames: int = 40) -> None:
     """A GIF of seed 0's data truncating in input space (M = 2), flow and training."""
     import matplotlib.pyplot as plt
-    from matplotlib.animation import FuncAnimation, PillowWriter
+    from matplotlib.animation import PillowWriter
 
     ts = tr["ts"][0]
     picks = np.unique(np.linspace(0, len(ts) - 1, min(frames, len(ts))).round().astype(int))
@@ -428,6 +428,14 @@ def animate_plane(tr, metrics, path: str, frames: int = 40) -> None:
             fontsize=8,
         )
 
-    animation = FuncAnimation(fig, draw, frames=len(picks))
-    animation.save(path, writer=PillowWriter(fps=8))
+    # lay the figure out once (every frame has the same axes, limits and title length) and
+    # draw each frame once: FuncAnimation.save draws every frame three times
+    draw(0)
+    fig.canvas.draw()
+    fig.set_layout_engine("none")
+    writer = PillowWriter(fps=8)
+    with writer.saving(fig, path, dpi=fig.dpi):
+        for i in range(len(picks)):
+            draw(i)
+            writer.grab_frame()
     plt.close(fig)
