@@ -192,6 +192,7 @@ def test_a_platform_that_is_not_there_is_one_line_with_the_way_out(tmp_path):
     assert not out.exists()
 
 
+@pytest.mark.slow  # compiles programs of its own: 66 s on 2 cores (tests/README.md)
 def test_invalid_inputs_under_jit_get_a_failing_result_code_never_success():
     """Checks that need concrete arrays cannot raise under jit/vmap: the seed gets
     `invalid_input` (with its message), and the other seeds of a batch are untouched."""

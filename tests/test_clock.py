@@ -66,6 +66,7 @@ def _orbit(solver, key=3):
     return orbit, start_layer(theta[:, :1], direction[None])[0]
 
 
+@pytest.mark.slow  # compiles programs of its own: 53 s on 2 cores (tests/README.md)
 @pytest.mark.parametrize("solver", [diffrax.Tsit5(), diffrax.Dopri5(), diffrax.Dopri8(), diffrax.Bosh3()])
 def test_step_polynomials_are_the_dense_output_of_h(solver):
     """The monomial fit reproduces the solver's own interpolant of h (round-off: the fit's
@@ -88,6 +89,7 @@ def test_step_polynomials_are_the_dense_output_of_h(solver):
         assert np.max(np.abs(np.asarray(dense - exact) / exact)) < 1e-6  # rtol 1e-10 over ≤ 100 steps
 
 
+@pytest.mark.slow  # compiles programs of its own: 60 s on 2 cores (tests/README.md)
 def test_the_clock_never_evaluates_the_orbit(monkeypatch):
     """Building the clock and inverting it use the step polynomials only: tracing them
     with every orbit evaluation made to fail succeeds. Orbit evaluations are then the ODE
@@ -111,6 +113,7 @@ def test_the_clock_never_evaluates_the_orbit(monkeypatch):
     assert np.all(np.diff(np.asarray(s)) >= 0)
 
 
+@pytest.mark.slow  # compiles programs of its own: 61 s on 2 cores (tests/README.md)
 def test_end_state_without_times_equals_end_state_with_times():
     keys = jax.random.split(jax.random.key(11), 40)
     nets, datas = eqx.filter_vmap(problem)(keys)

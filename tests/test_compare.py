@@ -29,6 +29,7 @@ def _assert_same(a, b, rtol=0.0, atol=0.0):
         np.testing.assert_allclose(a[key], b[key], rtol=rtol, atol=atol, err_msg=key)
 
 
+@pytest.mark.slow  # compiles programs of its own: 62 s on 2 cores (tests/README.md)
 def test_cli_end_to_end(tmp_path, capsys):
     config = tmp_path / "c.json"
     config.write_text(json.dumps(TINY))
@@ -53,6 +54,7 @@ def test_cli_end_to_end(tmp_path, capsys):
     assert main(["report", str(out)]) == 0 and os.path.isfile(out / "figures" / "cost.png")
 
 
+@pytest.mark.slow  # compiles programs of its own: 22 s on 2 cores (tests/README.md)
 def test_resume_after_interruption_gives_identical_results(tmp_path, tiny_run):
     config = CompareConfig(**TINY)
     whole, part = tiny_run, str(tmp_path / "part")
@@ -63,6 +65,7 @@ def test_resume_after_interruption_gives_identical_results(tmp_path, tiny_run):
     _assert_same(_metrics(whole), _metrics(part))
 
 
+@pytest.mark.slow  # compiles programs of its own: 43 s on 2 cores (tests/README.md)
 def test_results_do_not_depend_on_chunk_size(tmp_path):
     small = compare(CompareConfig(**{**TINY, "chunk_size": 4}))[0]
     large = compare(CompareConfig(**{**TINY, "chunk_size": 8}))[0]
@@ -124,6 +127,7 @@ def test_default_scenario_agrees_to_order_lr():
     assert errors[0] < 5e-3 and 0.4 < errors[1] / errors[0] < 0.6, errors
 
 
+@pytest.mark.slow  # compiles programs of its own: 52 s on 2 cores (tests/README.md)
 def test_user_dataset(tmp_path):
     rng = np.random.default_rng(1)
     x = rng.normal(size=(20, 3))

@@ -46,6 +46,7 @@ def test_log_descent_converges_to_the_log_flow_with_order_one(default, method):
     assert errors[-1] < 1e-3
 
 
+@pytest.mark.slow  # compiles programs of its own: 89 s on 2 cores (tests/README.md)
 def test_log_and_direct_agree_with_frozen_weights_and_differ_when_trained(default):
     net, data = default
     ts = jnp.linspace(0.0, 2.0, 5)
@@ -64,6 +65,7 @@ def test_log_and_direct_agree_with_frozen_weights_and_differ_when_trained(defaul
     assert gap > 1e-3, gap
 
 
+@pytest.mark.slow  # compiles programs of its own: 49 s on 2 cores (tests/README.md)
 def test_end_state_follows_the_parameterisation(default):
     """`end_state` with log d ends where the log flow ends (its t = inf output)."""
     net, data = default
@@ -96,6 +98,7 @@ def test_bad_parameterisation_is_named(default, call, message):
         call(net, data)
 
 
+@pytest.mark.slow  # compiles programs of its own: 67 s on 2 cores (tests/README.md)
 def test_compare_runs_the_log_parameterisation_and_records_it(tmp_path):
     """Flow and training both on log d: first-order agreement as for d (relative threshold
     error <= C lr; C <= 1.1 measured over 64 default seeds, bounded here by 2), and
@@ -148,6 +151,7 @@ def test_training_from_a_start_equals_unconstrained_training_from_it(default):
 OFF = dict(seeds=16, points=12, clusters=2, t1=1.0, lr=0.02, saves=10, chunk_size=16, keep=1)
 
 
+@pytest.mark.slow  # compiles programs of its own: 96 s on 2 cores (tests/README.md)
 def test_off_adapted_zero_reproduces_the_run_exactly():
     from flowtrunc._compare import CompareConfig, compare
 
@@ -213,6 +217,7 @@ def test_bad_off_adapted_arguments(default):
 # ------------------------------------------------ the usual cost with an output layer
 
 
+@pytest.mark.slow  # compiles programs of its own: 31 s on 2 cores (tests/README.md)
 @pytest.mark.parametrize("adapted", [True, False], ids=["adapted", "general"])
 @pytest.mark.parametrize("condition", [1.0, 10.0, 1e3])
 def test_usual_cost_is_the_input_layer_cost_in_the_metric_g(adapted, condition):

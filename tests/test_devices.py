@@ -53,6 +53,7 @@ def test_a_gpu_build_without_a_gpu_gives_one_line():
     assert gpu_fallback_notice("cpu", []) is None
 
 
+@pytest.mark.slow  # compiles programs of its own: 66 s on 2 cores (tests/README.md)
 def test_float32_comparison_agrees_with_float64(tmp_path, tiny_run):
     """`--precision 32` (a GPU's default) against the float64 run of the same seeds.
     Error model, per seed: gradient descent's K = t1/lr steps each round ~(N + 4L) float32

@@ -39,6 +39,7 @@ def pushforward(net, data, train_weights, parameterisation="direct"):
     return velocity
 
 
+@pytest.mark.slow  # compiles programs of its own: 46 s on 2 cores (tests/README.md)
 @pytest.mark.parametrize("parameterisation", ["direct", "log"])
 @pytest.mark.parametrize("train_weights", [True, False], ids=["trained", "frozen"])
 @pytest.mark.parametrize("depth, width", [(1, 1), (2, 3), (3, 2), (4, 3)])
@@ -91,6 +92,7 @@ def test_field_rejects_general_net(key):
         ft.effective_field(net.to_general(), data)
 
 
+@pytest.mark.slow  # compiles programs of its own: 44 s on 2 cores (tests/README.md)
 def test_field_under_vmap(key):
     keys = jax.random.split(key, 4)
     nets, datas = eqx.filter_vmap(problem)(keys)

@@ -44,6 +44,7 @@ def test_layer_switch_is_reported_apart():
     assert _classify([0, 0, 0, 0], layers=layers) == ("relaxes", True)
 
 
+@pytest.mark.slow  # compiles programs of its own: 59 s on 2 cores (tests/README.md)
 def test_flow_kinds_agree_with_end_state(seed):
     """Over a long window, a coordinate `end_state` ends on a kink well before t1 reads
     as a kink (or, by priority, as truncating all / releasing); one ending on an
@@ -73,6 +74,7 @@ def test_flow_kinds_agree_with_end_state(seed):
     assert checked["kink"] >= 3 and checked["asymptote"] >= 3, checked
 
 
+@pytest.mark.slow  # compiles programs of its own: 48 s on 2 cores (tests/README.md)
 def test_compare_reports_kinds_for_flow_and_training():
     metrics, _ = ft.compare(
         ft.CompareConfig(seeds=16, chunk_size=16, points=12, clusters=2, t1=2.0, lr=0.01, saves=20)

@@ -37,6 +37,7 @@ def batch(request):
     return train_weights, nets, datas, orbit, events
 
 
+@pytest.mark.slow  # compiles programs of its own: 106 s on 2 cores (tests/README.md)
 def test_orbit_matches_event_loop(batch):
     _, _, _, orbit, events = batch
     assert np.all(np.asarray(orbit.result) == 0) and np.all(np.asarray(events.result) == 0)
@@ -59,6 +60,7 @@ def test_orbit_matches_event_loop(batch):
         assert np.array_equal(orbit.event_points[i, :count], events.event_points[i, :count])
 
 
+@pytest.mark.slow  # builds or shares the module's heavy fixture (tests/README.md)
 def test_frozen_weights_equal_the_closed_form(batch):
     train_weights, nets, datas, orbit, _ = batch
     if train_weights:
@@ -87,6 +89,7 @@ def _asymptotic_rates(ends, datas):
     return rates
 
 
+@pytest.mark.slow  # compiles programs of its own: 50 s on 2 cores (tests/README.md)
 def test_end_state_equals_event_loop_at_long_horizon(batch):
     """The event loop run to t = 40/κ_min, where every asymptote is within e^{-40} ≈ 4e-18
     (relative) of its limit, κ the smallest asymptotic rate in the batch."""
@@ -131,6 +134,7 @@ def test_collapse_and_crossings_in_the_end_state():
     assert not np.any(np.asarray(end.collapsed_at_start))
 
 
+@pytest.mark.slow  # compiles programs of its own: 64 s on 2 cores (tests/README.md)
 def test_orbit_does_not_depend_on_the_data():
     """One initial state, two data sets sharing three coordinates but nothing else (other
     points, other targets): at the times each flow crosses a shared coordinate, θ* is the
@@ -241,6 +245,7 @@ def test_degenerate_starts_are_the_limit_of_gradient_descent(case):
     assert errors[-1] < 0.05 * moved  # the flow moved, and training followed it
 
 
+@pytest.mark.slow  # compiles programs of its own: 20 s on 2 cores (tests/README.md)
 def test_rising_tie_follows_the_highest_layer():
     """At the rising tie the higher layer pulls ahead (Γ_bb > Γ_aa), as in training."""
     net, data = DEGENERATE["tie_rising_at_start"]
@@ -250,6 +255,7 @@ def test_rising_tie_follows_the_highest_layer():
     assert int(sol.active_layer[-1, 0]) == 1
 
 
+@pytest.mark.slow  # compiles programs of its own: 32 s on 2 cores (tests/README.md)
 def test_point_on_threshold_counts_as_truncated():
     net, data = DEGENERATE["point_on_threshold"]
     sol = ft.solve_effective(net, data, ts=jnp.array([0.0, 1.0]))

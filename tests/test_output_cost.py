@@ -28,6 +28,7 @@ def _forward(d, b, frame, x):
     return h
 
 
+@pytest.mark.slow  # compiles programs of its own: 22 s on 2 cores (tests/README.md)
 def test_identity_output_layer_frozen_is_plain_descent_on_the_forward_cost(default):
     """`train(cost="output")` with W_o = I, b_o = 0 frozen against a plain loop
     `p ← p − lr ∇C`, C = (1/2N) Σ |x^(L) − y|² from a forward pass written here. Along the
@@ -112,6 +113,7 @@ def test_a_trained_output_layer_takes_the_closed_form_step(default):
     np.testing.assert_array_equal(frozen.output_layer.weight, layer.weight)
 
 
+@pytest.mark.slow  # compiles programs of its own: 30 s on 2 cores (tests/README.md)
 def test_the_t0_pull_back_has_the_cost_but_not_the_gradient(default):
     """Why the input-layer flow on the t = 0 pull-back does not follow the usual cost
     (docs/theory.md §6). At G = I (unit scales, W_o = I) and output targets `W^(L)v + b^(L)`
@@ -176,6 +178,7 @@ def test_input_cost_records_the_identity_metric_and_fixed_targets(default):
 OUT = dict(seeds=8, points=12, clusters=2, t1=0.5, lr=0.01, saves=5, chunk_size=8, keep=1, cost="output")
 
 
+@pytest.mark.slow  # compiles programs of its own: 113 s on 2 cores (tests/README.md)
 def test_usual_cost_comparison_records_the_metric_and_draws_the_error_against_it(tmp_path, capsys):
     """A `cost="output"` run: config.json and summary.json name the cost; the kept seed's
     metric condition at t = 0 is cond(W_o W^(L))² of its drawn output layer and net (NumPy);

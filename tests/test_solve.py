@@ -27,6 +27,7 @@ def batch():
     return nets, datas, exact
 
 
+@pytest.mark.slow  # compiles programs of its own: 58 s on 2 cores (tests/README.md)
 def test_diffrax_matches_exact_frozen(batch):
     nets, datas, exact = batch
     flow = eqx.filter_vmap(lambda n, d: ft.solve_effective(n, d, ts=TS, train_weights=False, **EVENTS))(
@@ -57,6 +58,7 @@ def test_diffrax_matches_exact_frozen(batch):
     assert np.allclose(flow.cost, exact.cost, rtol=1e-8)
 
 
+@pytest.mark.slow  # builds or shares the module's heavy fixture (tests/README.md)
 def test_exact_solution_is_piecewise_exponential(batch):
     """Between events the exact θ* satisfies θ* - v̄ ∝ exp(-κ t), κ = Γ_{ℓ*ℓ*} n / N."""
     nets, datas, _ = batch
@@ -87,6 +89,7 @@ def test_exact_solution_is_piecewise_exponential(batch):
     assert checked > 100
 
 
+@pytest.mark.slow  # compiles programs of its own: 22 s on 2 cores (tests/README.md)
 @pytest.mark.parametrize("method", ["orbit", "events"])
 def test_trained_rate_is_kappa(batch, method):
     """With weights trained, d log|θ* - v̄|/dt = κ(t) = Γ_{ℓ*ℓ*}(t) n/N at every instant
@@ -122,6 +125,7 @@ def test_trained_rate_is_kappa(batch, method):
     assert checked >= 3
 
 
+@pytest.mark.slow  # compiles programs of its own: 30 s on 2 cores (tests/README.md)
 @pytest.mark.parametrize("method", ["orbit", "events"])
 def test_trained_event_free_stretch_matches_scipy(batch, method):
     nets, datas, _ = batch
@@ -161,6 +165,7 @@ def test_trained_event_free_stretch_matches_scipy(batch, method):
         assert np.max(np.abs(ref_theta[-1] - theta0)) > 1e-3  # it did move
 
 
+@pytest.mark.slow  # compiles programs of its own: 21 s on 2 cores (tests/README.md)
 @pytest.mark.parametrize("method", ["orbit", "events"])
 @pytest.mark.parametrize("train_weights", [True, False], ids=["trained", "frozen"])
 def test_constructed_kink_stays_put(train_weights, method):
@@ -215,6 +220,7 @@ def test_gradients_match_finite_differences(batch, method):
         assert bound < 1e-2 * abs(ad)  # tight enough to catch a wrong or missing term
 
 
+@pytest.mark.slow  # compiles programs of its own: 43 s on 2 cores (tests/README.md)
 def test_no_recompilation(monkeypatch, batch):
     """A second call with new values (net, data, ts) reuses the compiled solver: each
     traced body runs once per method."""
@@ -237,6 +243,7 @@ def test_no_recompilation(monkeypatch, batch):
     assert sorted(traces) == ["flow_coordinates", "solve_segments", "solve_segments"]
 
 
+@pytest.mark.slow  # compiles programs of its own: 76 s on 2 cores (tests/README.md)
 def test_one_bad_seed_does_not_abort_the_batch(batch):
     nets, datas, _ = batch
     nets4, datas4 = jax.tree.map(lambda x: x[:4], (nets, datas))
@@ -256,6 +263,7 @@ def test_one_bad_seed_does_not_abort_the_batch(batch):
         assert "NaN or inf" in ft.describe(sol.result)[2]
 
 
+@pytest.mark.slow  # builds or shares the module's heavy fixture (tests/README.md)
 def test_segment_cap_is_reported(batch):
     nets, datas, exact = batch
     net, data = jax.tree.map(lambda x: x[0], (nets, datas))
@@ -265,6 +273,7 @@ def test_segment_cap_is_reported(batch):
     assert np.isnan(np.asarray(sol.cost)[-1])
 
 
+@pytest.mark.slow  # compiles programs of its own: 86 s on 2 cores (tests/README.md)
 def test_float32_matches_float64_reference(batch):
     nets, datas, exact = batch
     net, data = jax.tree.map(lambda x: x[4], (nets, datas))
@@ -279,9 +288,8 @@ def test_float32_matches_float64_reference(batch):
             assert np.allclose(sol32.thresholds, sol64.thresholds, rtol=1e-3, atol=1e-3)
 
 
-def test_solver_rejects_bad_input(batch):
-    nets, datas, _ = batch
-    net, data = jax.tree.map(lambda x: x[0], (nets, datas))
+def test_solver_rejects_bad_input():
+    net, data = problem(jax.random.key(43))  # refused before anything is compiled
     with pytest.raises(ValueError, match="`solve_effective` needs an AdaptedReLUNet"):
         ft.solve_effective(net.to_general(), data, ts=TS)
     with pytest.raises(ValueError, match="`ts` must be sorted"):

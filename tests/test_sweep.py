@@ -23,6 +23,7 @@ def swept(tmp_path_factory):
     return out
 
 
+@pytest.mark.slow  # compiles programs of its own: 73 s on 2 cores (tests/README.md)
 def test_each_row_equals_a_single_comparison(swept):
     table = read_table(swept)
     assert list(table["lr"]) == [0.02, 0.02, 0.01, 0.01]
@@ -41,6 +42,7 @@ def test_each_row_equals_a_single_comparison(swept):
     assert os.path.isfile(os.path.join(swept, "figures", "heatmaps.png"))
 
 
+@pytest.mark.slow  # compiles programs of its own: 49 s on 2 cores (tests/README.md)
 def test_interrupted_and_resumed_sweep_gives_the_same_table(swept, tmp_path):
     out = str(tmp_path / "part")
     assert not run_sweep(CompareConfig(**TINY), GRID, out, max_points=1, progress=False)
@@ -119,6 +121,7 @@ def test_the_built_in_sweep_is_valid():
     assert len(points) == 4 and {p.seeds for p in points} == {256}
 
 
+@pytest.mark.slow  # compiles programs of its own: 42 s on 2 cores (tests/README.md)
 def test_points_differing_only_in_values_share_one_compilation(tmp_path, monkeypatch):
     """separation × target_offset enter as arrays: one trace for all four points, and each
     point equals its single comparison."""
@@ -161,6 +164,7 @@ def test_a_sweep_failing_at_its_start_leaves_nothing(tmp_path, monkeypatch):
     assert not out.exists()
 
 
+@pytest.mark.slow  # builds or shares the module's heavy fixture (tests/README.md)
 def test_parquet_table_equals_the_csv_when_pyarrow_is_installed(swept):
     pq = pytest.importorskip("pyarrow.parquet")
     parquet = pq.read_table(os.path.join(swept, "table.parquet")).to_pydict()
@@ -170,6 +174,7 @@ def test_parquet_table_equals_the_csv_when_pyarrow_is_installed(swept):
         np.testing.assert_array_equal(np.asarray(parquet[name], float), values, err_msg=name)
 
 
+@pytest.mark.slow  # compiles programs of its own: 30 s on 2 cores (tests/README.md)
 def test_one_progress_line_spans_every_point(tmp_path, capsys):
     out = str(tmp_path / "run")
     assert run_sweep(CompareConfig(**TINY), {"separation": [1.0, 2.5]}, out, progress=True)

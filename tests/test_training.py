@@ -64,6 +64,7 @@ def test_unconstrained_mode_drifts_for_generic_data(default):
     assert np.all(np.diff(drift[:5, -1]) > 0)  # grows steadily at first
 
 
+@pytest.mark.slow  # compiles programs of its own: 23 s on 2 cores (tests/README.md)
 def test_no_drift_when_the_off_diagonal_gradient_vanishes():
     """One layer, frame I, data and targets on the first axis, unit 2 never truncated:
     ∂C/∂W_km = (1/N) Σ_j r_jk (A_jk x_jm − x̃_jm)/d_k (A: active units, r = x̃ − ȳ)
@@ -118,6 +119,7 @@ def test_adaptive_gradient_flow_reports_sliding_instead_of_hanging():
     assert int(flow.result) == ft.RESULTS.solver_failed
 
 
+@pytest.mark.slow  # compiles programs of its own: 84 s on 2 cores (tests/README.md)
 def test_stability_bound_matches_dense_hessian(default):
     net, data = default
     from flowtrunc._training import rebuild, trainable_params
@@ -131,6 +133,7 @@ def test_stability_bound_matches_dense_hessian(default):
         ft.train(net, data, lr=1.5 * 2 / top, steps=2)
 
 
+@pytest.mark.slow  # compiles programs of its own: 35 s on 2 cores (tests/README.md)
 def test_batch_of_seeds_with_one_diverging(default):
     keys = jax.random.split(jax.random.key(1), 4)  # seeds 0, 2, 3 stable at lr = 0.1 (checked below)
     nets, datas = eqx.filter_vmap(lambda k: problem(k, num_points=30))(keys)
@@ -170,6 +173,7 @@ def test_no_recompilation_for_new_values(default, monkeypatch):
     assert count > 0 and len(traces) == count
 
 
+@pytest.mark.slow  # compiles programs of its own: 21 s on 2 cores (tests/README.md)
 def test_minibatch_and_other_optimizers(default):
     net, data = default
     full = ft.train(net, data, lr=0.05, steps=50, save_every=50)

@@ -50,6 +50,7 @@ def reference(tiny_run):
 # ---------------------------------------------------------------- nothing lost
 
 
+@pytest.mark.slow  # compiles programs of its own: 48 s on 2 cores (tests/README.md)
 def test_failed_start_leaves_nothing_and_a_corrected_rerun_works(tmp_path, capsys, monkeypatch):
     out = tmp_path / "run"
     assert main(["compare", "--out", str(out), "--config", _config_file(tmp_path), "--lr", "inf"]) == 2
@@ -69,6 +70,7 @@ def test_failed_start_leaves_nothing_and_a_corrected_rerun_works(tmp_path, capsy
     assert run_compare(CompareConfig(**TINY), str(out), max_chunks=1, progress=False) is False
 
 
+@pytest.mark.slow  # compiles programs of its own: 46 s on 2 cores (tests/README.md)
 def test_resume_refuses_changed_data_and_records_provenance(tmp_path, capsys):
     data = tmp_path / "mine.npz"
     rng = np.random.default_rng(0)
@@ -86,6 +88,7 @@ def test_resume_refuses_changed_data_and_records_provenance(tmp_path, capsys):
     assert sorted(os.listdir(os.path.join(out, "chunks"))) == before
 
 
+@pytest.mark.slow  # compiles programs of its own: 58 s on 2 cores (tests/README.md)
 def test_resume_with_another_chunk_size_gives_identical_results(tmp_path, reference):
     out = str(tmp_path / "run")
     assert not run_compare(CompareConfig(**TINY), out, max_chunks=1, progress=False)
@@ -150,6 +153,7 @@ def test_a_second_process_on_one_directory_is_refused(tmp_path):
 # ---------------------------------------------------------------- no silent nonsense
 
 
+@pytest.mark.slow  # compiles programs of its own: 50 s on 2 cores (tests/README.md)
 def test_unstable_learning_rate_fails_every_seed_and_exits_nonzero(tmp_path, capsys):
     out = tmp_path / "run"
     config = _config_file(tmp_path, lr=5.0, t1=10.0, saves=2)
@@ -165,6 +169,7 @@ def test_unstable_learning_rate_fails_every_seed_and_exits_nonzero(tmp_path, cap
     assert np.all(bound < 5.0) and np.all(bound > 0)
 
 
+@pytest.mark.slow  # compiles programs of its own: 54 s on 2 cores (tests/README.md)
 def test_stability_bound_matches_the_train_check():
     config = CompareConfig(**TINY)
     metrics, _ = compare(dataclasses.replace(config, seeds=2))
@@ -175,6 +180,7 @@ def test_stability_bound_matches_the_train_check():
         )
 
 
+@pytest.mark.slow  # compiles programs of its own: 52 s on 2 cores (tests/README.md)
 def test_raw_scale_data_says_standardise(tmp_path, capsys):
     rng = np.random.default_rng(2)
     data = tmp_path / "raw.npz"
@@ -197,6 +203,7 @@ def test_raw_scale_data_says_standardise(tmp_path, capsys):
     assert "standardise them" in capsys.readouterr().out
 
 
+@pytest.mark.slow  # compiles programs of its own: 54 s on 2 cores (tests/README.md)
 def test_max_steps_is_exposed_and_named_in_the_fix(tmp_path, capsys):
     out = tmp_path / "run"
     assert (
@@ -206,6 +213,7 @@ def test_max_steps_is_exposed_and_named_in_the_fix(tmp_path, capsys):
     assert "fix: raise --max-steps (now 1)" in capsys.readouterr().out
 
 
+@pytest.mark.slow  # compiles programs of its own: 42 s on 2 cores (tests/README.md)
 def test_classes_collapsed_at_start_are_counted_apart(tmp_path):
     """Class 0 is built below seed 0's initial θ* in every coordinate."""
     config = CompareConfig(**{**TINY, "seeds": 1, "chunk_size": 1})
@@ -378,6 +386,7 @@ def test_figures_have_units_residuals_and_every_coordinate(reference):
         assert all(ax.get_legend() is None for ax in fig.axes)
 
 
+@pytest.mark.slow  # compiles programs of its own: 78 s on 2 cores (tests/README.md)
 def test_figures_on_four_dimensional_data_and_failures(tmp_path):
     import matplotlib
 
@@ -406,6 +415,7 @@ def test_figures_on_four_dimensional_data_and_failures(tmp_path):
     assert "No seed succeeded" in notice.axes[0].texts[0].get_text()
 
 
+@pytest.mark.slow  # compiles programs of its own: 59 s on 2 cores (tests/README.md)
 def test_one_compiled_program_serves_every_chunk(tmp_path, monkeypatch):
     """Chunks 3, 3, 1 (a short last chunk) and the trajectories of the first: one trace."""
     import flowtrunc._compare as compare_module
