@@ -22,7 +22,13 @@ EVENTS = dict(method="events", solver=diffrax.Dopri8(), rtol=1e-13, atol=1e-14)
 AGREE = 1e-8
 
 
-@pytest.fixture(scope="module", params=[True, False], ids=["trained", "frozen"])
+# frozen weights in the fast tier (the central check, ~60 s: the orbit–clock against the
+# event loop and the closed form on 50 seeds); trained, a second pair of programs, is slow
+@pytest.fixture(
+    scope="module",
+    params=[pytest.param(True, marks=pytest.mark.slow), False],
+    ids=["trained", "frozen"],
+)
 def batch(request):
     """50 seeds of the small problem, solved by both methods."""
     keys = jax.random.split(jax.random.key(7), 50)
@@ -37,7 +43,6 @@ def batch(request):
     return train_weights, nets, datas, orbit, events
 
 
-@pytest.mark.slow  # compiles programs of its own: 106 s on 2 cores (tests/README.md)
 def test_orbit_matches_event_loop(batch):
     _, _, _, orbit, events = batch
     assert np.all(np.asarray(orbit.result) == 0) and np.all(np.asarray(events.result) == 0)
@@ -60,7 +65,6 @@ def test_orbit_matches_event_loop(batch):
         assert np.array_equal(orbit.event_points[i, :count], events.event_points[i, :count])
 
 
-@pytest.mark.slow  # builds or shares the module's heavy fixture (tests/README.md)
 def test_frozen_weights_equal_the_closed_form(batch):
     train_weights, nets, datas, orbit, _ = batch
     if train_weights:
