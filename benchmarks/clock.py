@@ -36,7 +36,7 @@ def main():
     from _common import report, timed
 
     import flowtrunc as ft
-    from flowtrunc._compare import CompareConfig, seed_problem
+    from flowtrunc._experiment.comparison import CompareConfig, seed_problem
 
     config = CompareConfig(precision=64)
     nets, datas = jax.vmap(lambda s: seed_problem(s, config, None))(np.arange(args.seeds))
@@ -52,7 +52,9 @@ def main():
         "end_state, every field": lambda n, d: ft.end_state(n, d),
         "end_state, with_times=False": lambda n, d: ft.end_state(n, d, with_times=False),
         "solve_effective, 101 outputs": lambda n, d: (
-            ft.solve_effective(n, d, ts=ts, rtol=config.rtol, atol=config.atol).thresholds
+            ft.solve_effective(
+                n, d, ts=ts, solver=ft.OrbitClock(rtol=config.rtol, atol=config.atol)
+            ).thresholds
         ),
     }
     rows = []

@@ -23,7 +23,7 @@ def main():
     from _common import report, timed
 
     import flowtrunc as ft
-    from flowtrunc._compare import CompareConfig, compare_seed, seed_problem
+    from flowtrunc._experiment.comparison import CompareConfig, compare_seed, seed_problem
 
     config = CompareConfig(precision=64)
     seeds = np.arange(args.chunk)
@@ -32,7 +32,7 @@ def main():
     ts = np.arange(config.saves + 1) * save_every * config.lr
 
     def flow(n, d):
-        return ft.solve_effective(n, d, ts=ts, rtol=config.rtol, atol=config.atol)
+        return ft.solve_effective(n, d, ts=ts, solver=ft.OrbitClock(rtol=config.rtol, atol=config.atol))
 
     def training(n, d):
         return ft.train(n, d, lr=config.lr, steps=config.steps, save_every=save_every, check_stability=False)

@@ -26,7 +26,7 @@ def main():
     from _common import copy_bandwidth, report, timed
 
     import flowtrunc as ft
-    from flowtrunc._compare import CompareConfig, compare_seed, seed_problem
+    from flowtrunc._experiment.comparison import CompareConfig, compare_seed, seed_problem
 
     config = CompareConfig(precision=args.precision)
     width, points, params = config.dim, config.points, 2 * config.depth * config.dim
@@ -70,7 +70,11 @@ def main():
 
     for seeds in (256, 1024) if quick else (1024, 8192, 32768):
         flow = eqx.filter_jit(
-            eqx.filter_vmap(lambda n, d: ft.solve_effective(n, d, ts=ts, rtol=config.rtol, atol=config.atol))
+            eqx.filter_vmap(
+                lambda n, d: ft.solve_effective(
+                    n, d, ts=ts, solver=ft.OrbitClock(rtol=config.rtol, atol=config.atol)
+                )
+            )
         )
         first, warm, out = timed(flow, *problems(seeds), repeats=args.repeats)
         rows.append(

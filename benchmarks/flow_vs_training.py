@@ -29,7 +29,7 @@ def main():
     from _common import report, timed
 
     import flowtrunc as ft
-    from flowtrunc._compare import CompareConfig, seed_problem
+    from flowtrunc._experiment.comparison import CompareConfig, seed_problem
 
     t1 = 5.0
     config = CompareConfig(points=args.points, precision=64)
@@ -37,7 +37,11 @@ def main():
     ts = jnp.array([0.0, t1])
 
     def flow(rtol, atol, solver=None):
-        fn = lambda n, d: ft.solve_effective(n, d, ts=ts, rtol=rtol, atol=atol, solver=solver)  # noqa: E731
+        def fn(n, d):
+            return ft.solve_effective(
+                n, d, ts=ts, solver=ft.OrbitClock(ode_solver=solver, rtol=rtol, atol=atol)
+            )
+
         return eqx.filter_jit(eqx.filter_vmap(fn))
 
     reference = flow(1e-11, 1e-13, diffrax.Dopri8())(nets, datas).thresholds[:, -1]

@@ -26,7 +26,7 @@ def main():
     from _common import report, timed
 
     import flowtrunc as ft
-    from flowtrunc._compare import CompareConfig, seed_problem
+    from flowtrunc._experiment.comparison import CompareConfig, seed_problem
 
     ts = jnp.linspace(0.0, 5.0, 11)
     rows = []
@@ -35,7 +35,8 @@ def main():
         nets, datas = jax.vmap(lambda s, c=config: seed_problem(s, c, None))(np.arange(args.seeds))
         methods = ("orbit", "events") if points <= 10_000 else ("orbit",)
         for method in methods:
-            solve = lambda n, d, m=method: ft.solve_effective(n, d, ts=ts, method=m)  # noqa: E731
+            kind = ft.OrbitClock() if method == "orbit" else ft.EventLoop()
+            solve = lambda n, d, s=kind: ft.solve_effective(n, d, ts=ts, solver=s)  # noqa: E731
             first, warm, sol = timed(
                 eqx.filter_jit(eqx.filter_vmap(solve)), nets, datas, repeats=args.repeats
             )

@@ -22,13 +22,17 @@ def run_row(row: dict) -> dict:
     import numpy as np
 
     import flowtrunc as ft
-    from flowtrunc._compare import CompareConfig, seed_problem
+    from flowtrunc._experiment.comparison import CompareConfig, seed_problem
 
     config = CompareConfig(points=row["points"], depth=row["depth"], precision=64)
     seeds = np.arange(row["seeds"])
     nets, datas = jax.vmap(lambda s: seed_problem(s, config, None))(seeds)
     if row["what"] == "flow":
-        fn = lambda n, d: ft.solve_effective(n, d, ts=jnp.array([0.0, 5.0]), rtol=1e-7, atol=1e-9)  # noqa: E731
+
+        def fn(n, d):
+            return ft.solve_effective(
+                n, d, ts=jnp.array([0.0, 5.0]), solver=ft.OrbitClock(rtol=1e-7, atol=1e-9)
+            )
     else:
         fn = lambda n, d: ft.train(n, d, lr=0.01, steps=500, save_every=500, check_stability=False)  # noqa: E731
     batched = eqx.filter_jit(eqx.filter_vmap(fn))

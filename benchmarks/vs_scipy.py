@@ -146,7 +146,7 @@ def main():
     ts = jnp.linspace(0.0, t1, 11)
     solvers = {
         "orbit": lambda n, d: ft.solve_effective(n, d, ts=ts),
-        "events": lambda n, d: ft.solve_effective(n, d, ts=ts, method="events", rtol=rtol, atol=atol),
+        "events": lambda n, d: ft.solve_effective(n, d, ts=ts, solver=ft.EventLoop(rtol=rtol, atol=atol)),
     }
     timings = {}
     for name, solve in solvers.items():

@@ -42,8 +42,9 @@ def _source_digest() -> str:
     for root, _, files in sorted(os.walk(package)):
         for name in sorted(files):
             if name.endswith(".py"):
-                with open(os.path.join(root, name), "rb") as f:
-                    digest.update(name.encode() + f.read())
+                path = os.path.join(root, name)
+                with open(path, "rb") as f:
+                    digest.update(os.path.relpath(path, package).encode() + f.read())
     return digest.hexdigest()
 
 

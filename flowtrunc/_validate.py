@@ -119,7 +119,7 @@ def check_invertible(name: str, matrices) -> None:
 
 
 def traced_inputs_ok(net, data, ts=None, allow_inf=True):
-    """Under jit or vmap, the checks `_prepare` makes on concrete arrays, as one boolean
+    """Under jit or vmap, the checks `prepare_inputs` makes on concrete arrays, as one boolean
     (True when the inputs are concrete: they were checked there). A seed that fails it gets
     `RESULTS.invalid_input`, never a success."""
     leaves = [net.frame, net.scales, net.biases, data.x, data.targets] + ([] if ts is None else [ts])

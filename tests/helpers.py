@@ -41,7 +41,7 @@ def problem(key, *, depth=3, width=2, num_points=24, num_clusters=3, bias_scale=
 
 
 def numpy_effective_rhs(theta, scales, u, v, train_weights=True):
-    """THEORY section 4 written out with loops, independently of flowtrunc."""
+    """docs/theory.md §3 written out with loops, independently of flowtrunc."""
     depth, width = theta.shape
     num = u.shape[0]
     dtheta, dscales = np.zeros_like(theta), np.zeros_like(scales)

@@ -10,9 +10,10 @@ import pytest
 from helpers import TINY
 
 from flowtrunc._cli import main
-from flowtrunc._config import CompareConfig
-from flowtrunc._data import load_npz
-from flowtrunc._output import OutputError, load_metrics, run_fingerprint
+from flowtrunc._experiment.config import CompareConfig
+from flowtrunc._model.data import load_npz
+from flowtrunc._run.chunks import load_metrics, run_fingerprint
+from flowtrunc._run.files import OutputError
 
 
 def _data(tmp_path, name="d.npz", x=None, labels=None, **extra):
@@ -150,12 +151,12 @@ def test_chunks_of_another_run_are_named_not_mixed_in(tmp_path, chunks, fingerpr
 
 
 def test_own_chunks_load_and_names_hold_large_seed_counts(tmp_path):
-    from flowtrunc._output import _chunk_name, finished_ranges
+    from flowtrunc._run.chunks import chunk_name, finished_ranges
 
     out = _fake_run(tmp_path, [(0, 4), (4, 8)])
     metrics, _ = load_metrics(out)
     np.testing.assert_array_equal(metrics["seed"], np.arange(8))
-    big = _chunk_name(99_999_996, 100_000_000)
+    big = chunk_name(99_999_996, 100_000_000)
     (tmp_path / "run" / "chunks" / big).write_bytes(b"")
     assert finished_ranges(out)[-1] == (99_999_996, 100_000_000)
 
@@ -210,7 +211,7 @@ def test_invalid_inputs_under_jit_get_a_failing_result_code_never_success():
     assert int(by_ts(ts)) == 0
     for bad in (ts[::-1], ts.at[2].set(jnp.nan), ts - 1.0):
         assert int(by_ts(bad)) == invalid
-    events = jax.jit(lambda ts: ft.solve_effective(net, data, ts=ts, method="events").result)
+    events = jax.jit(lambda ts: ft.solve_effective(net, data, ts=ts, solver=ft.EventLoop()).result)
     assert int(events(ts[::-1])) == invalid
     nets = eqx.filter_vmap(lambda k: problem(k)[0])(jax.random.split(jax.random.key(1), 3))
     nets = eqx.tree_at(lambda n: n.scales, nets, nets.scales.at[1, 0, 0].set(-0.5))  # seed 1 only
@@ -226,7 +227,7 @@ def test_invalid_inputs_under_jit_get_a_failing_result_code_never_success():
 
 
 def test_trajectories_of_other_settings_are_named_not_mixed_in(tmp_path):
-    from flowtrunc._output import check_chunks
+    from flowtrunc._run.chunks import check_chunks
 
     out = _fake_run(tmp_path, [(0, 4)])
     np.savez(tmp_path / "run" / "trajectories.npz", ts=np.zeros(3), fingerprint=np.asarray("another"))

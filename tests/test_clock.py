@@ -13,10 +13,10 @@ import pytest
 from helpers import problem
 
 import flowtrunc as ft
-import flowtrunc._clock as clock_module
-import flowtrunc._orbit as orbit_module
-from flowtrunc._effective import start_layer
-from flowtrunc._orbit_solve import orbit_tools
+import flowtrunc._flow.clock as clock_module
+import flowtrunc._flow.orbit as orbit_module
+from flowtrunc._flow.field import start_layer
+from flowtrunc._flow.orbit_clock import orbit_tools
 
 EPS = float(np.finfo(np.float64).eps)
 
@@ -54,10 +54,10 @@ def test_piece_integral_against_a_150_digit_reference(degree):
 
 
 def _orbit(solver, key=3):
-    from flowtrunc._flow import _prepare
+    from flowtrunc._flow.solve import prepare_inputs
 
     net, data = problem(jax.random.key(key))
-    _, theta, scales, *_ = _prepare(net, data, jnp.zeros(1), None, None, None, "test")
+    _, theta, scales, *_ = prepare_inputs(net, data, jnp.zeros(1), None, None, None, "test")
     direction = jnp.asarray(1.0)  # the first coordinate, rising for a path length of 3
     tools = orbit_tools(jnp.float64, 1e-10, 1e-12, solver)
     orbit = orbit_module.solve_orbit(
@@ -96,9 +96,9 @@ def test_the_clock_never_evaluates_the_orbit(monkeypatch):
     solver's own steps, which do not grow with N (`test_sequential_steps_do_not_grow_with_n`)."""
     orbit, _ = _orbit(diffrax.Tsit5())
     net, data = problem(jax.random.key(3), num_points=500)
-    from flowtrunc._flow import _prepare
+    from flowtrunc._flow.solve import prepare_inputs
 
-    stats, theta, *_ = _prepare(net, data, jnp.zeros(1), None, None, None, "test")
+    stats, theta, *_ = prepare_inputs(net, data, jnp.zeros(1), None, None, None, "test")
 
     def forbidden(*args, **kwargs):
         raise AssertionError("the clock evaluated the orbit")
@@ -159,7 +159,7 @@ def _long_and_short_pieces(points):
 def _reference_crossing_times(theta, scales, u, v):
     """Crossing times of a rising θ* (one coordinate, no layer switch) by SciPy's DOP853 in
     θ*, one solve per piece between consecutive data coordinates, the field written out
-    from THEORY §3–§4 with loops: dθ/dθ* = Γ_{lℓ*}/Γ_{ℓ*ℓ*}, dD/dθ* likewise,
+    from docs/theory.md §2–§3 with loops: dθ/dθ* = Γ_{lℓ*}/Γ_{ℓ*ℓ*}, dD/dθ* likewise,
     dt/dθ* = N/((S_n − n θ*) Γ_{ℓ*ℓ*}). Independent of the orbit, the clock and diffrax."""
     from scipy.integrate import solve_ivp
 
@@ -210,11 +210,11 @@ def test_crossing_times_on_long_and_short_pieces_at_large_n():
     of the crossing times. Error model: the orbit at rtol 1e-10 over ≤ 100 steps (~1e-9),
     the closed form per piece ~1e-14 (summed over 10^4 pieces: ~1e-12), the reference at
     rtol 1e-13; asked: 1e-8 relative, the same as against the event loop at small N."""
-    from flowtrunc._flow import _prepare
+    from flowtrunc._flow.solve import prepare_inputs
 
     net, data = _long_and_short_pieces(10_000)
     ours = np.asarray(ft.end_state(net, data).crossing_times[:, 0])
-    _, theta, scales, *_ = _prepare(net, data, jnp.zeros(1), None, None, None, "test")
+    _, theta, scales, *_ = prepare_inputs(net, data, jnp.zeros(1), None, None, None, "test")
     ref = _reference_crossing_times(
         np.asarray(theta[:, 0]),
         np.asarray(scales[:, 0]),

@@ -11,9 +11,9 @@ from helpers import TINY
 from helpers import cli_process as _cli
 
 from flowtrunc._cli import main
-from flowtrunc._compare import CompareConfig, compare
-from flowtrunc._output import run_compare
-from flowtrunc._summary import DESCRIPTIONS
+from flowtrunc._experiment.comparison import CompareConfig, compare
+from flowtrunc._experiment.summary import DESCRIPTIONS
+from flowtrunc._run.compare_run import run_compare
 
 SUMMARY_KEYS = set(DESCRIPTIONS)
 
@@ -206,6 +206,19 @@ def test_empty_out_is_refused_and_nothing_is_written(tmp_path, capsys, monkeypat
     assert (work / "summary.json").read_text() == "a user's file"
 
 
-def test_precision_32_is_refused_in_an_x64_process():
-    with pytest.raises(ValueError, match="`precision=32` was asked for but JAX runs with x64"):
-        compare(CompareConfig(**{**TINY, "precision": 32}))
+@pytest.mark.slow  # compiles programs of its own (two precisions): see tests/README.md
+def test_compare_leaves_jax_configuration_as_it_found_it():
+    """The library switches x64 for its own computation only: float32 in an x64 process,
+    float64 in a process without x64, and JAX's setting unchanged afterwards."""
+    import jax
+
+    assert jax.config.jax_enable_x64  # the test process (conftest)
+    metrics, _ = compare(CompareConfig(**{**TINY, "precision": 32, "seeds": 2}))
+    assert metrics["threshold_error"].dtype == np.float32
+    assert jax.config.jax_enable_x64
+    enable_x64 = getattr(jax, "enable_x64", None) or __import__("jax.experimental").experimental.enable_x64
+    with enable_x64(False):
+        metrics, _ = compare(CompareConfig(**{**TINY, "precision": 64, "seeds": 2}))
+        assert not jax.config.jax_enable_x64
+    assert metrics["threshold_error"].dtype == np.float64
+    assert jax.config.jax_enable_x64

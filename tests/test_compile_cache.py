@@ -14,8 +14,8 @@ import numpy as np
 import pytest
 from helpers import TINY
 
-from flowtrunc import _compile_cache as compile_cache
 from flowtrunc import _program_cache as program_cache
+from flowtrunc._run import compile_cache
 
 
 @pytest.fixture

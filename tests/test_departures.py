@@ -1,4 +1,4 @@
-"""Departures from the ideal case (issue 12): gradient flow on log d instead of d."""
+"""Departures from the ideal case: gradient flow on log d instead of d."""
 
 import diffrax
 import jax
@@ -9,7 +9,8 @@ from helpers import problem
 
 import flowtrunc as ft
 
-TIGHT = dict(solver=diffrax.Dopri8(), rtol=1e-12, atol=1e-12)
+TIGHT = dict(ode_solver=diffrax.Dopri8(), rtol=1e-12, atol=1e-12)
+SOLVERS = {"orbit": ft.OrbitClock, "events": ft.EventLoop}
 
 
 @pytest.fixture(scope="module")
@@ -21,12 +22,12 @@ def default():
 @pytest.mark.parametrize("method", ["orbit", "events"])
 def test_log_descent_converges_to_the_log_flow_with_order_one(default, method):
     """Steps on log d against `solve_effective(parameterisation="log")`: fitted slope of
-    log error in log lr within [0.8, 1.2] (first order, THEORY section 6), thresholds and
+    log error in log lr within [0.8, 1.2] (first order, docs/theory.md §6), thresholds and
     cumulative scales, over a horizon with events."""
     net, data = default
     horizon = 2.0
     flow = ft.solve_effective(
-        net, data, ts=jnp.array([0.0, horizon]), parameterisation="log", method=method, **TIGHT
+        net, data, ts=jnp.array([0.0, horizon]), parameterisation="log", solver=SOLVERS[method](**TIGHT)
     )
     assert int(flow.num_events) >= 2
     rates = [0.02, 0.01, 0.005, 0.0025]
@@ -50,7 +51,12 @@ def test_log_descent_converges_to_the_log_flow_with_order_one(default, method):
 def test_log_and_direct_agree_with_frozen_weights_and_differ_when_trained(default):
     net, data = default
     ts = jnp.linspace(0.0, 2.0, 5)
-    solve = lambda p, w: ft.solve_effective(net, data, ts=ts, train_weights=w, parameterisation=p, **TIGHT)  # noqa: E731
+
+    def solve(p, w):
+        return ft.solve_effective(
+            net, data, ts=ts, train_weights=w, parameterisation=p, solver=ft.OrbitClock(**TIGHT)
+        )
+
     frozen_log, frozen_direct = solve("log", False), solve("direct", False)
     np.testing.assert_array_equal(frozen_log.thresholds, frozen_direct.thresholds)
 
@@ -69,8 +75,10 @@ def test_log_and_direct_agree_with_frozen_weights_and_differ_when_trained(defaul
 def test_end_state_follows_the_parameterisation(default):
     """`end_state` with log d ends where the log flow ends (its t = inf output)."""
     net, data = default
-    end = ft.end_state(net, data, parameterisation="log", **TIGHT)
-    flow = ft.solve_effective(net, data, ts=jnp.array([0.0, jnp.inf]), parameterisation="log", **TIGHT)
+    end = ft.end_state(net, data, parameterisation="log", solver=ft.OrbitClock(**TIGHT))
+    flow = ft.solve_effective(
+        net, data, ts=jnp.array([0.0, jnp.inf]), parameterisation="log", solver=ft.OrbitClock(**TIGHT)
+    )
     np.testing.assert_allclose(end.thresholds, flow.thresholds[-1], rtol=1e-10, atol=1e-12)
 
 
@@ -107,8 +115,8 @@ def test_compare_runs_the_log_parameterisation_and_records_it(tmp_path):
 
     from helpers import TINY
 
-    from flowtrunc._compare import CompareConfig
-    from flowtrunc._output import run_compare
+    from flowtrunc._experiment.comparison import CompareConfig
+    from flowtrunc._run.compare_run import run_compare
 
     out = tmp_path / "log"
     assert run_compare(CompareConfig(**{**TINY, "parameterisation": "log"}), str(out), progress=False)
@@ -153,7 +161,7 @@ OFF = dict(seeds=16, points=12, clusters=2, t1=1.0, lr=0.02, saves=10, chunk_siz
 
 @pytest.mark.slow  # compiles programs of its own: 96 s on 2 cores (tests/README.md)
 def test_off_adapted_zero_reproduces_the_run_exactly():
-    from flowtrunc._compare import CompareConfig, compare
+    from flowtrunc._experiment.comparison import CompareConfig, compare
 
     for mode in ("adapted", "unconstrained"):
         base, _ = compare(CompareConfig(**{**OFF, "mode": mode}))
@@ -170,7 +178,7 @@ def test_prediction_error_grows_with_the_departure():
     medians of the prediction's threshold and cost errors (measured: threshold 0.117,
     0.168, 0.246, 0.409; at ε = 0 the error is that of unconstrained training itself).
     Steps of 0.1 in ε: with 16 seeds or steps of 0.05 the seed-to-seed spread hides them."""
-    from flowtrunc._compare import CompareConfig, compare
+    from flowtrunc._experiment.comparison import CompareConfig, compare
 
     settings = {**OFF, "seeds": 64, "chunk_size": 64, "mode": "unconstrained"}
     medians, costs, distances = [], [], []
@@ -198,7 +206,7 @@ def test_prediction_error_grows_with_the_departure():
     ],
 )
 def test_contradictory_or_bad_departure_settings_are_refused(settings, message):
-    from flowtrunc._compare import CompareConfig
+    from flowtrunc._experiment.comparison import CompareConfig
 
     with pytest.raises(ValueError, match=message):
         CompareConfig(**{**OFF, **settings})
@@ -221,7 +229,7 @@ def test_bad_off_adapted_arguments(default):
 @pytest.mark.parametrize("adapted", [True, False], ids=["adapted", "general"])
 @pytest.mark.parametrize("condition", [1.0, 10.0, 1e3])
 def test_usual_cost_is_the_input_layer_cost_in_the_metric_g(adapted, condition):
-    """THEORY section 2 at 20 random states each: the forward-pass output cost equals the
+    """docs/theory.md §6 at 20 random states each: the forward-pass output cost equals the
     input-layer cost in G with the pulled-back targets, adapted nets and general ones (a
     perturbed start), orthogonal to ill-conditioned output layers. Error model: the
     pull-back solves with T = W_o W^(L), a relative error of ~κ(T) eps; bound 64 κ(T) eps

@@ -8,10 +8,10 @@ import jax.numpy as jnp
 import pytest
 from helpers import TINY, cli_process
 
-from flowtrunc._cli import gpu_fallback_notice
-from flowtrunc._compare import CompareConfig, float_dtype
-from flowtrunc._config import DEVICE_CHOSEN, DEVICE_DEFAULTS
-from flowtrunc._output import settle_device_settings
+from flowtrunc._experiment.comparison import CompareConfig, float_dtype
+from flowtrunc._experiment.config import DEVICE_CHOSEN, DEVICE_DEFAULTS
+from flowtrunc._run.compare_run import settle_device_settings
+from flowtrunc._run.processes import gpu_fallback_notice
 
 
 @pytest.mark.parametrize("backend, table", [("cpu", "cpu"), ("gpu", "accelerator"), ("tpu", "accelerator")])
@@ -62,7 +62,7 @@ def test_float32_comparison_agrees_with_float64(tmp_path, tiny_run):
     clock sums N pieces). Metrics that are differences of the two stay within the sum."""
     import numpy as np
 
-    from flowtrunc._compare import resolve_data, seed_problem
+    from flowtrunc._experiment.comparison import resolve_data, seed_problem
 
     flags = [f"--{k.replace('_', '-')}={v}" for k, v in TINY.items()]
     child = cli_process(["compare", "--out", str(tmp_path / "f32"), "--precision", "32", *flags])
@@ -100,7 +100,7 @@ def test_every_matrix_product_runs_at_full_precision():
     Every product in one seed's comparison (flow, training, metrics) must ask for HIGHEST."""
     from jax import lax
 
-    from flowtrunc._compare import compare_seed
+    from flowtrunc._experiment.comparison import compare_seed
 
     config = CompareConfig(**{**TINY, "mode": "unconstrained"}).on_device()
     precisions = list(_dot_precisions(jax.make_jaxpr(lambda s: compare_seed(s, config))(0).jaxpr))
@@ -115,13 +115,13 @@ def test_jax_plugin_traceback_is_replaced_by_the_one_line_notice(monkeypatch, ca
     that one record and prints its own line. Other JAX warnings still pass."""
     import logging
 
-    from flowtrunc import _cli
+    from flowtrunc._run import processes
 
     logger = logging.getLogger("jax._src.xla_bridge")
     monkeypatch.setattr(logger, "filters", [])
-    monkeypatch.setattr(_cli, "_gpu_plugins", lambda: ["jax-cuda12-plugin"])
-    monkeypatch.setattr(_cli.os.path, "exists", lambda path: False)
-    _cli._quiet_gpu_plugin_without_gpu()
+    monkeypatch.setattr(processes, "_gpu_plugins", lambda: ["jax-cuda12-plugin"])
+    monkeypatch.setattr(processes.os.path, "exists", lambda path: False)
+    processes.quiet_gpu_plugin_without_gpu()
     with caplog.at_level(logging.WARNING, logger="jax._src.xla_bridge"):
         logger.error("Jax plugin configuration error: Exception when calling %s.initialize()", "x")
         logger.warning("another JAX warning")

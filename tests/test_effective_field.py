@@ -44,7 +44,7 @@ def pushforward(net, data, train_weights, parameterisation="direct"):
 @pytest.mark.parametrize("train_weights", [True, False], ids=["trained", "frozen"])
 @pytest.mark.parametrize("depth, width", [(1, 1), (2, 3), (3, 2), (4, 3)])
 def test_field_equals_autodiff_pushforward(train_weights, depth, width, parameterisation):
-    """THEORY section 4 check at 4 x 15 = 60 random non-degenerate states, to 1e-10, for
+    """docs/theory.md §3 check at 4 x 15 = 60 random non-degenerate states, to 1e-10, for
     gradient flow on d and on log d."""
     keys = jax.random.split(jax.random.key(11 + depth), 15)
     build = lambda key: problem(key, depth=depth, width=width, num_points=20, bias_scale=0.8)  # noqa: E731
@@ -76,7 +76,7 @@ def test_field_matches_numpy_reimplementation(train_weights, key):
 def test_ties_make_the_lower_layer_field_tangent(key):
     """At a tie θ^(a) = θ^(b), a < b, Γ_ba = Γ_aa: under layer a the tie is invariant,
     the degenerate case of the Filippov sliding combination (docs/theory.md)."""
-    from flowtrunc._effective import gamma_column
+    from flowtrunc._flow.field import gamma_column
 
     net, _ = problem(key, depth=4, width=3, bias_scale=0.8)
     theta, scales = ft.thresholds(net)

@@ -29,7 +29,7 @@ def test_cumulative_matches_numpy(key, depth, width):
 @pytest.mark.parametrize("dtype, rtol", [(jnp.float64, 1e-12), (jnp.float32, 2e-4)], ids=["f64", "f32"])
 @pytest.mark.parametrize("depth, width", [(2, 2), (4, 3), (6, 5)])
 def test_layer_identity(key, depth, width, dtype, rtol):
-    """x^(l) = W^(l) x~^(l) + b^(l) for every layer (THEORY section 1)."""
+    """x^(l) = W^(l) x~^(l) + b^(l) for every layer (docs/theory.md §1)."""
     net = random_general_net(key, depth, width, dtype=dtype)
     x = jax.random.normal(jax.random.fold_in(key, 1), (50, width), dtype)
     hidden = net.hidden_layers(x)

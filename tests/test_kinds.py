@@ -7,9 +7,8 @@ import numpy as np
 import pytest
 
 import flowtrunc as ft
-from flowtrunc._ending import KINK
-from flowtrunc._kinds import KINK as KIND_KINK
-from flowtrunc._kinds import RELEASES, SOLUTION_KINDS, TRUNCATES_ALL, solution_kinds
+from flowtrunc._experiment.kinds import KIND, SOLUTION_KINDS, solution_kinds
+from flowtrunc._flow.coordinate_end import END
 
 U = jnp.array([[0.0], [1.0], [2.0]])  # three points in one coordinate
 TOL = 1e-3
@@ -62,14 +61,14 @@ def test_flow_kinds_agree_with_end_state(seed):
         kinds, _ = solution_kinds(sol.thresholds, u, sol.n_truncated, TOL)
         for k in range(2):
             n0, n1 = int(sol.n_truncated[0, k]), int(sol.n_truncated[-1, k])
-            if int(end.kind[k]) == KINK and float(end.end_time[k]) < t1 / 2:
-                expected = TRUNCATES_ALL if n1 == 9 else RELEASES if n1 < n0 else KIND_KINK
+            if int(end.kind[k]) == END.kink and float(end.end_time[k]) < t1 / 2:
+                expected = KIND.truncates_all if n1 == 9 else KIND.releases if n1 < n0 else KIND.kink
                 assert int(kinds[k]) == expected, (index, k)
                 checked["kink"] += 1
             elif int(end.kind[k]) == 0:
                 gap = float(jnp.min(jnp.abs(u[:, k] - end.theta_star[k])))
                 if gap > 10 * TOL:
-                    assert int(kinds[k]) != KIND_KINK, (index, k)
+                    assert int(kinds[k]) != KIND.kink, (index, k)
                     checked["asymptote"] += 1
     assert checked["kink"] >= 3 and checked["asymptote"] >= 3, checked
 

@@ -92,8 +92,8 @@ def test_batched_float32_under_jit():
 def test_the_compiled_comparison_calls_no_lapack_kernel(settings):
     """Batched LAPACK kernels deadlock XLA's CPU thread pool in jaxlib 0.10 (the run that
     hung on 64-dimensional data): none may appear in the comparison program."""
-    from flowtrunc._compare import _compare_batch, split_values
-    from flowtrunc._config import CompareConfig
+    from flowtrunc._experiment.comparison import _compare_batch, split_values
+    from flowtrunc._experiment.config import CompareConfig
 
     config = CompareConfig(
         seeds=2, chunk_size=2, dim=8, points=12, clusters=2, depth=2, t1=1.0, saves=5, **settings

@@ -13,7 +13,7 @@ import flowtrunc as ft
 
 T1 = 6.0
 TS = jnp.linspace(0.0, T1, 13)
-EVENTS = dict(method="events", solver=diffrax.Dopri8(), rtol=1e-13, atol=1e-14)
+EVENTS = dict(solver=ft.EventLoop(ode_solver=diffrax.Dopri8(), rtol=1e-13, atol=1e-14))
 # Error model for orbit vs events: both integrate smooth ODEs at local tolerances
 # <= 1e-10 (orbit: Tsit5 1e-10/1e-12; events: Dopri8 1e-13/1e-14) over <= ~100 steps,
 # and the clock integrates each piece in closed form to ~1e-14 (test_clock.py):
@@ -78,7 +78,7 @@ def test_frozen_weights_equal_the_closed_form(batch):
 
 
 def _asymptotic_rates(ends, datas):
-    """κ = Γ_{ℓ*ℓ*} n/N at the end state (NumPy, from THEORY §4), `(seeds, M)`."""
+    """κ = Γ_{ℓ*ℓ*} n/N at the end state (NumPy, from docs/theory.md §3), `(seeds, M)`."""
     theta, scales = np.asarray(ends.thresholds), np.asarray(ends.scales)
     counts = np.asarray(ends.truncated).sum(axis=1)
     rates = np.zeros(counts.shape)

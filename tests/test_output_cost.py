@@ -1,4 +1,4 @@
-"""The usual cost after an output layer (issue 12, THEORY §2, docs/theory.md §6): training
+"""The usual cost after an output layer (docs/theory.md §6): training
 on it, what it records, and why the input-layer flow on its t = 0 pull-back is not its flow."""
 
 import json
@@ -119,7 +119,7 @@ def test_the_t0_pull_back_has_the_cost_but_not_the_gradient(default):
     (docs/theory.md §6). At G = I (unit scales, W_o = I) and output targets `W^(L)v + b^(L)`
     (so ȳ(0) = v): the two costs agree to round-off; the usual cost's gradient is the
     input-layer gradient plus the gradient through the motion of ȳ and G (held x̃), to
-    round-off (the chain rule of THEORY §2 in the parameters); and that motion term is not
+    round-off (the chain rule of docs/theory.md §6 in the parameters); and that motion term is not
     small: it is larger than the input-layer gradient itself here (measured ratio 6.4), and
     θ* starts moving the opposite way in a coordinate, so no rescaling of the clock can make
     the two flows agree."""
@@ -185,9 +185,9 @@ def test_usual_cost_comparison_records_the_metric_and_draws_the_error_against_it
     the figure plots each error against it with labelled axes; the input cost records G = I
     and fixed targets. Error model: λ_min errs by 16 M eps λ_max (Weyl), so cond G by
     16 M eps cond G relative, and NumPy's SVD as much again: 32 M eps cond G."""
-    from flowtrunc._compare import CompareConfig, output_problem, seed_problem
-    from flowtrunc._output import run_compare
-    from flowtrunc._report import figures, load_run
+    from flowtrunc._experiment.comparison import CompareConfig, output_problem, seed_problem
+    from flowtrunc._run.compare_run import run_compare
+    from flowtrunc._run.report import figures, load_run
 
     out = tmp_path / "usual"
     config = CompareConfig(**OUT, output_condition=4.0)
@@ -205,9 +205,9 @@ def test_usual_cost_comparison_records_the_metric_and_draws_the_error_against_it
     )
     assert metrics["metric_condition"][metrics["seed"] == 0][0] >= trajectories["metric_condition"][0, 0]
     assert (out / "figures" / "output_metric.png").is_file()
-    from flowtrunc._cli import _print_summary
+    from flowtrunc._run.console import print_summary
 
-    _print_summary(str(out))  # the console puts each departure's size under the errors
+    print_summary(str(out))  # the console puts each departure's size under the errors
     printed = capsys.readouterr().out
     assert "metric_condition" in printed and "(departure: condition number of G" in printed
     assert "target_motion" in printed and "start_distance" not in printed
@@ -238,7 +238,7 @@ def test_usual_cost_comparison_records_the_metric_and_draws_the_error_against_it
     ],
 )
 def test_contradictory_or_bad_output_settings_are_refused(settings, message):
-    from flowtrunc._compare import CompareConfig
+    from flowtrunc._experiment.comparison import CompareConfig
 
     with pytest.raises(ValueError, match=message):
         CompareConfig(**{**OUT, **settings})
@@ -272,7 +272,7 @@ def test_usual_cost_error_does_not_shrink_as_the_metric_becomes_isotropic():
     (`test_the_t0_pull_back_has_the_cost_but_not_the_gradient`). Asserted: the dial works
     (each step at least 4× in cond G; κ² = 16× expected), and at κ = 1 the error is still
     above 0.5 (100 lr; the input cost's is below 2 lr) and above half the error at κ = 16."""
-    from flowtrunc._compare import CompareConfig, compare
+    from flowtrunc._experiment.comparison import CompareConfig, compare
 
     settings = {**OUT, "seeds": 32, "chunk_size": 32, "t1": 1.0, "lr": 0.005, "saves": 10}
     conditions, errors = [], []

@@ -9,20 +9,20 @@ import time
 import pytest
 from helpers import TINY
 
-import flowtrunc._output as output
 from flowtrunc._cli import main
-from flowtrunc._config import CompareConfig
+from flowtrunc._experiment.config import CompareConfig
+from flowtrunc._run import compare_run, directory, watchdog
 
 
 def test_watched_work_that_stalls_is_reported_and_left_behind():
-    with pytest.raises(output.StalledRun, match=r"made no progress for 0.2 s.*--stall-timeout"):
-        output.watched(lambda: time.sleep(1.0), 0.2, "the sleeper")
-    assert output.abandoned_work()
+    with pytest.raises(watchdog.StalledRun, match=r"made no progress for 0.2 s.*--stall-timeout"):
+        watchdog.watched(lambda: time.sleep(1.0), 0.2, "the sleeper")
+    assert watchdog.abandoned_work()
     time.sleep(1.2)
-    assert not output.abandoned_work()
-    assert output.watched(lambda: 7, 5.0, "quick") == 7
+    assert not watchdog.abandoned_work()
+    assert watchdog.watched(lambda: 7, 5.0, "quick") == 7
     with pytest.raises(ZeroDivisionError):  # the work's own errors come through
-        output.watched(lambda: 1 / 0, 5.0, "failing")
+        watchdog.watched(lambda: 1 / 0, 5.0, "failing")
 
 
 @pytest.mark.parametrize("receiver", ["main thread", "worker thread"])
@@ -48,20 +48,20 @@ def test_ctrl_c_while_waiting_leaves_the_running_work_marked_as_abandoned(receiv
     began = time.monotonic()
     try:
         with pytest.raises(KeyboardInterrupt):
-            output.watched(work, 30.0, "the sleeper")
+            watchdog.watched(work, 30.0, "the sleeper")
     finally:
         signal.signal(signal.SIGINT, previous)
     assert time.monotonic() - began < 2.5  # well before the work ends
-    assert output.abandoned_work()
+    assert watchdog.abandoned_work()
     time.sleep(3.0)
-    assert not output.abandoned_work()
+    assert not watchdog.abandoned_work()
 
 
 def test_a_stalled_first_chunk_stops_the_run_and_cleans_up(tmp_path, monkeypatch):
-    monkeypatch.setattr(output, "run_chunk", lambda *args, **kwargs: time.sleep(1.5))
+    monkeypatch.setattr(compare_run, "run_chunk", lambda *args, **kwargs: time.sleep(1.5))
     out = tmp_path / "run"
-    with pytest.raises(output.StalledRun, match="seeds 0..3"):
-        output.run_compare(CompareConfig(**TINY), str(out), progress=False, stall_timeout=0.3)
+    with pytest.raises(watchdog.StalledRun, match="seeds 0..3"):
+        compare_run.run_compare(CompareConfig(**TINY), str(out), progress=False, stall_timeout=0.3)
     assert not out.exists()  # config.json, .lock and chunks/ removed: a fresh run can start
     time.sleep(1.5)
 
@@ -79,7 +79,7 @@ def test_a_directory_left_before_the_first_chunk_is_taken_over(tmp_path, capsys)
     out = tmp_path / "run"
     _left_by_a_killed_run(out, lock_pid=2**22 + 12345)  # no such process
     config = CompareConfig(**TINY).on_device()
-    assert output.prepare_directory(str(out), config, resume=False)
+    assert directory.prepare_directory(str(out), config, resume=False)
     assert "stopped before its first chunk; starting it afresh" in capsys.readouterr().err
     assert sorted(os.listdir(out)) == ["chunks", "config.json"]
 
@@ -100,7 +100,7 @@ def test_a_directory_with_results_or_a_live_writer_is_not_taken_over(tmp_path, s
     if situation == "other file":
         (out / "notes.txt").write_text("mine")
     with pytest.raises(ValueError, match=message):
-        output.prepare_directory(str(out), CompareConfig(**TINY).on_device(), resume=False)
+        directory.prepare_directory(str(out), CompareConfig(**TINY).on_device(), resume=False)
 
 
 @pytest.mark.parametrize(

@@ -9,9 +9,9 @@ import pytest
 from helpers import TINY
 
 from flowtrunc._cli import main
-from flowtrunc._compare import CompareConfig, compare
-from flowtrunc._summary import summarise
-from flowtrunc._sweep import parse_grid, read_table, run_sweep
+from flowtrunc._experiment.comparison import CompareConfig, compare
+from flowtrunc._experiment.summary import summarise
+from flowtrunc._run.sweep import parse_grid, read_table, run_sweep
 
 GRID = {"lr": [0.02, 0.01], "separation": [1.0, 2.5]}
 
@@ -59,7 +59,7 @@ def test_one_key_figure_has_bands_units_and_log_axes(tmp_path):
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from flowtrunc._sweep_figures import one_key
+    from flowtrunc._run.sweep_figures import one_key
 
     rows = []
     for lr in (0.001, 0.01, 0.1):
@@ -115,7 +115,7 @@ def test_grid_values_take_their_settings_types():
 
 
 def test_the_built_in_sweep_is_valid():
-    from flowtrunc._sweep import DEFAULT_GRID, SWEEP_DEFAULTS, grid_points
+    from flowtrunc._run.sweep import DEFAULT_GRID, SWEEP_DEFAULTS, grid_points
 
     points = grid_points(CompareConfig(**SWEEP_DEFAULTS), DEFAULT_GRID)
     assert len(points) == 4 and {p.seeds for p in points} == {256}
@@ -127,7 +127,7 @@ def test_points_differing_only_in_values_share_one_compilation(tmp_path, monkeyp
     point equals its single comparison."""
     import jax
 
-    import flowtrunc._compare as compare_module
+    import flowtrunc._experiment.comparison as compare_module
     from flowtrunc import _program_cache as program_cache
 
     jax.clear_caches()  # start with nothing compiled or traced in this process
@@ -152,7 +152,7 @@ def test_points_differing_only_in_values_share_one_compilation(tmp_path, monkeyp
 
 
 def test_a_sweep_failing_at_its_start_leaves_nothing(tmp_path, monkeypatch):
-    import flowtrunc._sweep as sweep_module
+    import flowtrunc._run.sweep as sweep_module
 
     def broken(*args, **kwargs):
         raise ValueError("a failure in the first point")

@@ -12,7 +12,7 @@ from helpers import problem
 
 import flowtrunc as ft
 
-TIGHT = dict(solver=diffrax.Dopri8(), rtol=1e-12, atol=1e-12)
+TIGHT = dict(solver=ft.OrbitClock(ode_solver=diffrax.Dopri8(), rtol=1e-12, atol=1e-12))
 
 
 @pytest.fixture(scope="module")
@@ -23,7 +23,7 @@ def default():
 @pytest.mark.slow  # convergence orders / large N: many compiled programs
 def test_gradient_descent_converges_to_the_flow_with_order_one(default):
     """Adapted GD at t = K lr against solve_effective: fitted slope of log error in
-    log lr within [0.8, 1.2] (THEORY section 6), over a horizon with events."""
+    log lr within [0.8, 1.2] (docs/theory.md §6), over a horizon with events."""
     net, data = default
     horizon = 2.0
     flow = ft.solve_effective(net, data, ts=jnp.array([0.0, horizon]), **TIGHT)
@@ -106,7 +106,7 @@ def test_true_gradient_flow_agrees_with_small_lr_descent(default, mode):
         errors.append(float(jnp.max(jnp.abs(run.thresholds - flow.thresholds))))
     if adapted:
         assert errors[1] < 1e-3 and 0.4 < errors[1] / errors[0] < 0.6, errors
-        effective = ft.solve_effective(net, data, ts=ts, rtol=1e-10, atol=1e-12)
+        effective = ft.solve_effective(net, data, ts=ts, solver=ft.OrbitClock(rtol=1e-10, atol=1e-12))
         assert np.allclose(flow.thresholds, effective.thresholds, atol=1e-7)  # same flow
     else:
         assert errors[1] < 3e-4 and errors[1] < errors[0] / 4, errors
@@ -122,7 +122,7 @@ def test_adaptive_gradient_flow_reports_sliding_instead_of_hanging():
 @pytest.mark.slow  # compiles programs of its own: 84 s on 2 cores (tests/README.md)
 def test_stability_bound_matches_dense_hessian(default):
     net, data = default
-    from flowtrunc._training import rebuild, trainable_params
+    from flowtrunc._training.training import rebuild, trainable_params
 
     params = trainable_params(net, "adapted")
     flat, unravel = jax.flatten_util.ravel_pytree(params)
@@ -160,7 +160,7 @@ def test_batch_of_seeds_with_one_diverging(default):
 
 
 def test_no_recompilation_for_new_values(default, monkeypatch):
-    import flowtrunc._training as training
+    import flowtrunc._training.training as training
 
     traces = []
     original = training.observe
