@@ -216,7 +216,10 @@ def test_compare_leaves_jax_configuration_as_it_found_it():
     metrics, _ = compare(CompareConfig(**{**TINY, "precision": 32, "seeds": 2}))
     assert metrics["threshold_error"].dtype == np.float32
     assert jax.config.jax_enable_x64
-    enable_x64 = getattr(jax, "enable_x64", None) or __import__("jax.experimental").experimental.enable_x64
+    if hasattr(jax, "enable_x64"):
+        enable_x64 = jax.enable_x64
+    else:
+        from jax.experimental import enable_x64
     with enable_x64(False):
         metrics, _ = compare(CompareConfig(**{**TINY, "precision": 64, "seeds": 2}))
         assert not jax.config.jax_enable_x64

@@ -408,6 +408,11 @@ def precision(config: CompareConfig):
     if jax.config.jax_enable_x64 == wanted:
         yield
         return
-    enable_x64 = getattr(jax, "enable_x64", None) or importlib.import_module("jax.experimental").enable_x64
+    # `jax.enable_x64` (newer JAX; a config state whose truth value raises), else the experimental one
+    enable_x64 = (
+        jax.enable_x64
+        if hasattr(jax, "enable_x64")
+        else importlib.import_module("jax.experimental").enable_x64
+    )
     with enable_x64(wanted):
         yield

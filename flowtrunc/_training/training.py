@@ -16,6 +16,7 @@ label).
 """
 
 import warnings
+from typing import Any, NamedTuple
 
 import equinox as eqx
 import jax
@@ -36,14 +37,24 @@ MODES = ("adapted", "unconstrained")
 COSTS = ("input", "output")
 
 
-def trainable_params(net: AdaptedReLUNet, mode: str, parameterisation: str = "direct", output_layer=None):
-    """The parameters gradient descent moves: `(d, b)` or `(log d, b)` (adapted), or
-    `(W, b)` (unconstrained), followed by a trainable `output_layer` when one is given."""
+class TrainableParams(NamedTuple):
+    """The parameters gradient descent moves, by name (leaves in this order)."""
+
+    hidden: Any  # the hidden layers' weights: d or log d (adapted), the matrices W (unconstrained)
+    biases: Any  # the hidden layers' biases b
+    output: OutputLayer | None = None  # a trained output layer (the usual cost), else None
+
+
+def trainable_params(
+    net: AdaptedReLUNet, mode: str, parameterisation: str = "direct", output_layer=None
+) -> TrainableParams:
+    """The parameters gradient descent moves: `d` or `log d` and `b` (adapted), or `W` and
+    `b` (unconstrained), and a trainable `output_layer` when one is given."""
     if mode == "adapted":
-        hidden = (jnp.log(net.scales) if parameterisation == "log" else net.scales, net.biases)
+        hidden = jnp.log(net.scales) if parameterisation == "log" else net.scales
     else:
-        hidden = (net.layer_weights(), net.biases)
-    return hidden if output_layer is None else (*hidden, output_layer)
+        hidden = net.layer_weights()
+    return TrainableParams(hidden, net.biases, output_layer)
 
 
 def training_cost(net, mode, params, data, parameterisation="direct", frozen_layer=None):
@@ -59,11 +70,9 @@ def training_cost(net, mode, params, data, parameterisation="direct", frozen_lay
 def rebuild(net: AdaptedReLUNet, mode: str, params, parameterisation: str = "direct"):
     """The network with trainable `params` (hidden layers first) and the fixed parts of `net`."""
     if mode == "adapted":
-        scales, biases = params[:2]
-        scales = jnp.exp(scales) if parameterisation == "log" else scales
-        return AdaptedReLUNet(frame=net.frame, scales=scales, biases=biases)
-    weights, biases = params[:2]
-    return ReLUNet(weights=weights, biases=biases)
+        scales = jnp.exp(params.hidden) if parameterisation == "log" else params.hidden
+        return AdaptedReLUNet(frame=net.frame, scales=scales, biases=params.biases)
+    return ReLUNet(weights=params.hidden, biases=params.biases)
 
 
 def check_mode(mode, parameterisation: str = "direct"):
@@ -111,9 +120,9 @@ def _check_cost(cost, output_layer, train_output, net):
 
 
 def _layer_of(params, frozen_layer):
-    """The output layer in use: the trainable one in `params` (after the hidden layers' two
-    leaves), else `frozen_layer` (None for the input-layer cost)."""
-    return params[2] if len(params) == 3 else frozen_layer
+    """The output layer in use: the trainable one in `params`, else `frozen_layer` (None for
+    the input-layer cost)."""
+    return frozen_layer if params.output is None else params.output
 
 
 def _split_layer(output_layer, train_output):
@@ -421,7 +430,7 @@ def _train(
     trainable, frozen = _split_layer(output_layer, train_output)
     params = trainable_params(net, mode, parameterisation, trainable)
     if start is not None:
-        params = (start.layer_weights(), start.biases, *params[2:])
+        params = params._replace(hidden=start.layer_weights(), biases=start.biases)
     optimizer = optax.sgd(lr) if optimizer is None else optimizer
 
     def batch_cost(p, batch_key):
@@ -438,13 +447,13 @@ def _train(
         p, opt_state, bad_step, index = carry
         loss, grads = jax.value_and_grad(batch_cost)(p, step_key)
         if not train_weights:
-            grads = (jnp.zeros_like(grads[0]), *grads[1:])
+            grads = grads._replace(hidden=jnp.zeros_like(grads.hidden))
         updates, new_state = optimizer.update(grads, opt_state, p)
         new_p = optax.apply_updates(p, updates)
         finite = jnp.all(jnp.stack([jnp.all(jnp.isfinite(leaf)) for leaf in jax.tree.leaves(new_p)]))
         ok = jnp.isfinite(loss) & (loss <= divergence_factor * initial_cost) & finite
         if mode == "adapted" and parameterisation == "direct":  # a scale through zero leaves the family
-            ok = ok & jnp.all(new_p[0] > 0)
+            ok = ok & jnp.all(new_p.hidden > 0)
         alive = bad_step < 0
         bad_step = jnp.where(alive & ~ok, index, bad_step)
         advance = alive & ok
