@@ -206,7 +206,7 @@ def test_empty_out_is_refused_and_nothing_is_written(tmp_path, capsys, monkeypat
     assert (work / "summary.json").read_text() == "a user's file"
 
 
-@pytest.mark.slow  # compiles programs of its own (two precisions): see tests/README.md
+@pytest.mark.slow  # compiles programs of its own (two precisions): 26 s on 2 cores (tests/README.md)
 def test_compare_leaves_jax_configuration_as_it_found_it():
     """The library switches x64 for its own computation only: float32 in an x64 process,
     float64 in a process without x64, and JAX's setting unchanged afterwards."""
