@@ -4,6 +4,7 @@ independent cross-check). `solve_effective(..., solver=...)` and `end_state(...,
 take them."""
 
 import warnings
+from typing import ClassVar
 
 import diffrax
 import equinox as eqx
@@ -28,10 +29,10 @@ class OrbitClock(eqx.Module):
     atol: float | None = None
     max_steps: int = 256
 
+    defaults: ClassVar = {"float64": (1e-10, 1e-12), "float32": (1e-6, 1e-7)}
+
     def tolerances(self, dtype) -> tuple[float, float]:
-        wide = jnp.finfo(dtype).bits >= 64
-        default = (1e-10, 1e-12) if wide else (1e-6, 1e-7)
-        return _checked_tolerances(self.rtol, self.atol, default)
+        return _tolerances(self, dtype)
 
 
 class EventLoop(eqx.Module):
@@ -52,15 +53,17 @@ class EventLoop(eqx.Module):
     max_steps: int = 4096
     max_segments: int | None = None
 
+    defaults: ClassVar = {"float64": (1e-8, 1e-10), "float32": (1e-5, 1e-6)}
+
     def tolerances(self, dtype) -> tuple[float, float]:
-        wide = jnp.finfo(dtype).bits >= 64
-        default = (1e-8, 1e-10) if wide else (1e-5, 1e-6)
-        return _checked_tolerances(self.rtol, self.atol, default)
+        return _tolerances(self, dtype)
 
 
-def _checked_tolerances(rtol, atol, default) -> tuple[float, float]:
-    rtol = default[0] if rtol is None else rtol
-    atol = default[1] if atol is None else atol
+def _tolerances(solver, dtype) -> tuple[float, float]:
+    """`(rtol, atol)`: those given, else the solver's defaults for `dtype`, checked."""
+    default = solver.defaults["float64" if jnp.finfo(dtype).bits >= 64 else "float32"]
+    rtol = default[0] if solver.rtol is None else solver.rtol
+    atol = default[1] if solver.atol is None else solver.atol
     for name, value in (("rtol", rtol), ("atol", atol)):
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
             raise ValueError(f"`rtol` and `atol` must be positive numbers, got {name} = {value!r}.")
