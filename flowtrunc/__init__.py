@@ -13,6 +13,11 @@ from ._flow.solve import solve_effective as solve_effective
 from ._flow.solve import solve_frozen_exact as solve_frozen_exact
 from ._flow.solvers import EventLoop as EventLoop
 from ._flow.solvers import OrbitClock as OrbitClock
+from ._flow.usual_cost.event_loop import USUAL_EVENT_KINDS as USUAL_EVENT_KINDS
+from ._flow.usual_cost.field import UsualVelocity as UsualVelocity
+from ._flow.usual_cost.field import usual_cost_field as usual_cost_field
+from ._flow.usual_cost.solve import UsualCostSolution as UsualCostSolution
+from ._flow.usual_cost.solve import solve_usual_cost as solve_usual_cost
 from ._model.cost import coordinate_costs as coordinate_costs
 from ._model.cost import input_cost as input_cost
 from ._model.data import Dataset as Dataset
@@ -43,10 +48,13 @@ from ._model.network import (
 from ._model.off_adapted import family_distance as family_distance
 from ._model.off_adapted import nearest_adapted as nearest_adapted
 from ._model.off_adapted import off_adapted as off_adapted
+from ._model.output_layer import AdaptedOutputLayer as AdaptedOutputLayer
 from ._model.output_layer import OutputLayer as OutputLayer
 from ._model.output_layer import metric_cost as metric_cost
 from ._model.output_layer import output_cost as output_cost
+from ._model.output_layer import output_frame_departure as output_frame_departure
 from ._model.output_layer import pulled_back as pulled_back
+from ._model.output_layer import usual_coordinate_costs as usual_coordinate_costs
 from ._results import RESULTS as RESULTS
 from ._results import describe as describe
 from ._training.gradient_flow import gradient_flow as gradient_flow

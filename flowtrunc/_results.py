@@ -26,6 +26,13 @@ class RESULTS(Codes):
         "NaN or negative; a non-positive scale; a frame that is not orthogonal; NaN or inf data); "
         "call the function once outside jit on this seed to see which",
     )
+    double_sliding = (
+        7,
+        "the usual cost's flow reached a state that slides on two surfaces at once (θ* held on a data "
+        "coordinate while another layer's threshold reaches it, or a tie of two layers on a data "
+        "coordinate that neither crosses), which the event loop does not follow; the state up to "
+        "then is in the event list",
+    )
 
 
 def describe(result) -> list[str]:

@@ -23,7 +23,7 @@ from .solvers import EventLoop, OrbitClock, check_solver, from_old_keywords
 from .statistics import coordinate_stats, cost_gradient
 
 
-def _check_times(ts, t1, allow_inf=False):
+def check_times(ts, t1, allow_inf=False):
     ts = float_array("ts", ts, ndim=1)
     if ts.shape[0] == 0:
         raise ValueError("`ts` is empty; give at least one output time, e.g. jnp.linspace(0, 5, 50).")
@@ -50,7 +50,7 @@ def _check_times(ts, t1, allow_inf=False):
 def prepare_inputs(net, data, ts, t1, max_segments, max_events, entry_point, allow_inf=False):
     check_adapted(net, entry_point)
     check_data(net, data)
-    ts, t1 = _check_times(ts, t1, allow_inf)
+    ts, t1 = check_times(ts, t1, allow_inf)
     bound = net.width * (data.num_points + net.depth + 1) + 2
     max_segments = bound if max_segments is None else max_segments
     max_events = bound if max_events is None else max_events

@@ -28,7 +28,13 @@ from .._linalg import matmul, symmetric_eigenvalues
 from .._model.cost import check_data, input_cost
 from .._model.data import Dataset
 from .._model.network import AdaptedReLUNet, ReLUNet
-from .._model.output_layer import OutputLayer, output_cost, pulled_back
+from .._model.output_layer import (
+    AdaptedOutputLayer,
+    OutputLayer,
+    output_cost,
+    output_frame_departure,
+    pulled_back,
+)
 from .._model.parameterisation import check_parameterisation
 from .._results import RESULTS
 from .._validate import check_positive_int, is_concrete, traced_inputs_ok, with_input_check
@@ -42,18 +48,25 @@ class TrainableParams(NamedTuple):
 
     hidden: Any  # the hidden layers' weights: d or log d (adapted), the matrices W (unconstrained)
     biases: Any  # the hidden layers' biases b
-    output: OutputLayer | None = None  # a trained output layer (the usual cost), else None
+    output: Any = None  # a trained output layer (the usual cost), else None
 
 
 def trainable_params(
     net: AdaptedReLUNet, mode: str, parameterisation: str = "direct", output_layer=None
 ) -> TrainableParams:
     """The parameters gradient descent moves: `d` or `log d` and `b` (adapted), or `W` and
-    `b` (unconstrained), and a trainable `output_layer` when one is given."""
+    `b` (unconstrained), and a trainable `output_layer` when one is given: an
+    `AdaptedOutputLayer` moves `d_o` (or `log d_o`) and `b_o` in adapted mode and its full
+    weight in unconstrained mode."""
     if mode == "adapted":
         hidden = jnp.log(net.scales) if parameterisation == "log" else net.scales
     else:
         hidden = net.layer_weights()
+    if isinstance(output_layer, AdaptedOutputLayer):
+        if mode == "unconstrained":
+            output_layer = output_layer.to_general()
+        elif parameterisation == "log":  # the trainable leaf is log d_o
+            output_layer = eqx.tree_at(lambda layer: layer.scales, output_layer, jnp.log(output_layer.scales))
     return TrainableParams(hidden, net.biases, output_layer)
 
 
@@ -61,7 +74,7 @@ def training_cost(net, mode, params, data, parameterisation="direct", frozen_lay
     """The cost `train` descends at `params`: the usual cost after the output layer (the
     trainable one in `params`, else `frozen_layer`), or the input-layer cost if neither."""
     model = rebuild(net, mode, params, parameterisation)
-    layer = _layer_of(params, frozen_layer)
+    layer = _layer_of(params, frozen_layer, parameterisation)
     if layer is None:
         return input_cost(model, data, method="forward")
     return output_cost(model, layer, data)
@@ -108,21 +121,36 @@ def _check_cost(cost, output_layer, train_output, net):
             "cost='output' needs `output_layer`, the affine layer after the last hidden layer; "
             f"e.g. OutputLayer.random(key, {net.width}) (or OutputLayer(weight, bias))."
         )
-    if not isinstance(output_layer, OutputLayer) or output_layer.bias.shape != (net.width,):
+    kinds = (OutputLayer, AdaptedOutputLayer)
+    if not isinstance(output_layer, kinds) or output_layer.bias.shape != (net.width,):
         raise ValueError(
-            f"`output_layer` must be an OutputLayer of width {net.width} (the net's), got "
-            f"{type(output_layer).__name__}"
-            + (f" of width {output_layer.bias.shape[0]}" if isinstance(output_layer, OutputLayer) else "")
+            f"`output_layer` must be an OutputLayer or AdaptedOutputLayer of width {net.width} (the "
+            f"net's), got {type(output_layer).__name__}"
+            + (f" of width {output_layer.bias.shape[0]}" if isinstance(output_layer, kinds) else "")
             + "."
         )
     dtype = net.biases.dtype
+    if isinstance(output_layer, AdaptedOutputLayer):
+        return AdaptedOutputLayer(
+            *(a.astype(dtype) for a in (output_layer.frame, output_layer.scales, output_layer.bias))
+        )
     return OutputLayer(output_layer.weight.astype(dtype), output_layer.bias.astype(dtype))
 
 
-def _layer_of(params, frozen_layer):
-    """The output layer in use: the trainable one in `params`, else `frozen_layer` (None for
-    the input-layer cost)."""
-    return frozen_layer if params.output is None else params.output
+def _layer_of(params, frozen_layer, parameterisation="direct"):
+    """The output layer in use: the trainable one in `params` (`log d_o` back to `d_o`),
+    else `frozen_layer` (None for the input-layer cost)."""
+    layer = params.output
+    if layer is None:
+        return frozen_layer
+    if isinstance(layer, AdaptedOutputLayer) and parameterisation == "log":
+        return eqx.tree_at(lambda out: out.scales, layer, jnp.exp(layer.scales))
+    return layer
+
+
+def _output_frame(output_layer):
+    """The output frame `Q` an adapted output layer starts on (None for any other)."""
+    return output_layer.fixed_frame if isinstance(output_layer, AdaptedOutputLayer) else None
 
 
 def _split_layer(output_layer, train_output):
@@ -146,7 +174,9 @@ class TrainingRun(eqx.Module):
     `(S, 2)`, the smallest and largest eigenvalue of `G = (W_o W^(L))ᵀ(W_o W^(L))`, and
     `pulled_targets` `(S, Q, M)`, `ȳ_q = (W_o W^(L))^{-1}(y_q − W_o b^(L) − b_o)`; for the
     input-layer cost `G = I` and `ȳ` are the dataset's targets. `output_layer` is the final
-    output layer (None for the input-layer cost).
+    output layer (None for the input-layer cost). `output_departure` `(S,)` is
+    `‖Qᵀ W_o − diag(Qᵀ W_o)‖_F / ‖diag(Qᵀ W_o)‖` when the run started from an
+    `AdaptedOutputLayer` with frame `Q` (0 while it stays adapted), NaN otherwise.
     """
 
     ts: jax.Array
@@ -162,6 +192,7 @@ class TrainingRun(eqx.Module):
     net: eqx.Module
     metric_eigenvalues: jax.Array
     pulled_targets: jax.Array
+    output_departure: jax.Array
     output_layer: eqx.Module | None = None
 
     @property
@@ -183,10 +214,11 @@ def truncated_counts(net, x):
     return jnp.sum(jnp.any(inactive, axis=0), axis=0).astype(jnp.int32)
 
 
-def observe(net, data: Dataset, frame, output_layer=None):
-    """Cost, cumulative parameters, frame-read thresholds, drift, truncated counts, and the
+def observe(net, data: Dataset, frame, output_layer=None, output_frame=None):
+    """Cost, cumulative parameters, frame-read thresholds, drift, truncated counts, the
     cost's metric eigenvalues and pulled-back targets (the usual cost after `output_layer`
-    if given, else the input-layer cost: `G = I`)."""
+    if given, else the input-layer cost: `G = I`), and the output layer's departure from the
+    adapted family of `output_frame` (NaN without one)."""
     w_cum, b_cum = net.cumulative()
     if output_layer is None:
         cost = input_cost(net, data, method="forward")
@@ -211,6 +243,11 @@ def observe(net, data: Dataset, frame, output_layer=None):
         n_truncated=truncated_counts(net, data.x),
         metric_eigenvalues=extremes,
         pulled_targets=pulled,
+        output_departure=(
+            jnp.full((), jnp.nan, b_cum.dtype)
+            if output_frame is None
+            else output_frame_departure(output_layer.weight, output_frame)
+        ),
     )
 
 
@@ -427,6 +464,7 @@ def _train(
     train_output=True,
 ):
     frame = net.fixed_frame
+    output_frame = _output_frame(output_layer)
     trainable, frozen = _split_layer(output_layer, train_output)
     params = trainable_params(net, mode, parameterisation, trainable)
     if start is not None:
@@ -448,6 +486,10 @@ def _train(
         loss, grads = jax.value_and_grad(batch_cost)(p, step_key)
         if not train_weights:
             grads = grads._replace(hidden=jnp.zeros_like(grads.hidden))
+            if isinstance(grads.output, AdaptedOutputLayer):  # d_o is a weight too
+                grads = grads._replace(
+                    output=eqx.tree_at(lambda g: g.scales, grads.output, 0 * grads.output.scales)
+                )
         updates, new_state = optimizer.update(grads, opt_state, p)
         new_p = optax.apply_updates(p, updates)
         finite = jnp.all(jnp.stack([jnp.all(jnp.isfinite(leaf)) for leaf in jax.tree.leaves(new_p)]))
@@ -464,7 +506,8 @@ def _train(
     def save_block(carry, block_keys):
         carry, _ = lax.scan(step, carry, block_keys)
         p, _, bad_step, _ = carry
-        seen = observe(rebuild(net, mode, p, parameterisation), data, frame, _layer_of(p, frozen))
+        layer = _layer_of(p, frozen, parameterisation)
+        seen = observe(rebuild(net, mode, p, parameterisation), data, frame, layer, output_frame)
         blank = lambda a: jnp.where(bad_step < 0, a, jnp.nan)  # noqa: E731
         seen = {name: value if name == "n_truncated" else blank(value) for name, value in seen.items()}
         return carry, seen
@@ -473,7 +516,11 @@ def _train(
     keys = jax.random.split(key, steps).reshape((num_saves, save_every))
     start = (params, optimizer.init(params), jnp.array(-1, jnp.int32), jnp.array(0, jnp.int32))
     first = observe(
-        net if mode == "adapted" else rebuild(net, mode, params), data, frame, _layer_of(params, frozen)
+        net if mode == "adapted" else rebuild(net, mode, params),
+        data,
+        frame,
+        _layer_of(params, frozen, parameterisation),
+        output_frame,
     )
     final, saved = lax.scan(save_block, start, keys)
     history = jax.tree.map(lambda a, b: jnp.concatenate([a[None], b]), first, saved)
@@ -484,6 +531,6 @@ def _train(
         result=jnp.where(bad_step < 0, RESULTS.successful, RESULTS.diverged).astype(jnp.int32),
         diverged_step=bad_step,
         net=rebuild(net, mode, final[0], parameterisation),
-        output_layer=_layer_of(final[0], frozen),
+        output_layer=_layer_of(final[0], frozen, parameterisation),
         **history,
     )
