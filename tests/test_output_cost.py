@@ -251,7 +251,7 @@ def test_contradictory_or_bad_output_settings_are_refused(settings, message):
         (dict(output_layer="identity"), "belongs to the usual cost, but cost='input'"),
         (dict(train_output=False), "`train_output` belongs to the usual cost"),
         (dict(cost="output"), r"needs `output_layer`.*OutputLayer.random\(key, 2\)"),
-        (dict(cost="output", output_layer=np.eye(2)), "must be an OutputLayer of width 2"),
+        (dict(cost="output", output_layer=np.eye(2)), "must be an OutputLayer or AdaptedOutputLayer of width 2"),
     ],
 )
 def test_bad_training_cost_arguments_are_named(default, arguments, message):

@@ -267,8 +267,13 @@ def solve_coordinate(
         return field
 
     def event_fn(t, y, args, **kwargs):
-        # Default float type: diffrax's untriggered branch returns a Python 0.0.
-        return jnp.min(distances(y, args, column, train_weights)[0]).astype(jnp.result_type(float))
+        # A segment starts on the surface it just crossed or left (distance 0), and diffrax
+        # detects an event as a sign change from the previous step: from a start at 0, a
+        # first step that overshoots the next surface would go unseen. So the start counts
+        # as far from every surface. Default float type: diffrax's untriggered branch
+        # returns a Python 0.0.
+        nearest = jnp.min(distances(y, args, column, train_weights)[0])
+        return jnp.where(t == kwargs["t0"], 1.0, nearest).astype(jnp.result_type(float))
 
     term = diffrax.ODETerm(vector_field)
     event = diffrax.Event(event_fn, root_finder=root_finder, direction=False)

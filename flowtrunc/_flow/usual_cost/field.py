@@ -66,7 +66,8 @@ def metric(state: State, train_weights):
     # mask[l, m, n] = n <= min(l, m)
     mask = layers[None, None, :] <= jnp.minimum(layers[:, None], layers[None, :])[:, :, None]
     gap = _previous(theta, 0.0)[None, :] - theta[:, None]  # gap[l, n] = θ^(n-1) − θ^(l)
-    bias_part = jnp.broadcast_to(scales**-2, mask.shape)
+    rho = rho[None, None, :]
+    bias_part = (scales**-2)[None, None, :]
     k_tt = jnp.sum(jnp.where(mask, bias_part + gap[:, None, :] * gap[None, :, :] * rho, 0.0), axis=2)
     k_dt = scales[:, None] * jnp.sum(jnp.where(mask, gap[None, :, :] * rho, 0.0), axis=2)
     k_dd = scales[:, None] * scales[None, :] * jnp.sum(jnp.where(mask, rho, 0.0), axis=2)
