@@ -140,7 +140,7 @@ def test_small_step_training_converges_to_the_flow_at_first_order(name):
 @pytest.mark.slow  # compiles programs of its own: ~60 s on 2 cores (tests/README.md)
 def test_batch_float32_and_no_recompilation(monkeypatch):
     """vmap over seeds: a seed with a non-positive output scale is `invalid_input`, the
-    others equal their own unbatched solves; float32 agrees with float64 to its tolerances
+    others equal their own unbatched solves to the solver's tolerances; float32 agrees with float64 to its tolerances
     (rtol 1e-5: ~1e-4 on O(1) thresholds); a second call with new values traces nothing."""
     import flowtrunc._flow.usual_cost.solve as solve_module
 
@@ -157,10 +157,19 @@ def test_batch_float32_and_no_recompilation(monkeypatch):
     monkeypatch.setattr(
         solve_module, "solve_coordinate", lambda *a, **k: traces.append(1) or original(*a, **k)
     )
-    singles = [ft.solve_usual_cost(*take((nets, layers, datas), i), ts=ts) for i in (0, 2)]
-    assert len(traces) == 1  # the second seed reuses the first's program
+    singles, traced = [], []
+    for i in (0, 2):
+        singles.append(ft.solve_usual_cost(*take((nets, layers, datas), i), ts=ts))
+        traced.append(len(traces))
+    # the batched call may already have traced the unbatched program (vmap of a jit traces it
+    # at the unbatched shapes), so the first single call traces at most once; the second none
+    assert traced[0] <= 1 and traced[1] == traced[0], traced
+    # Batched reductions round differently, and a marginal event decision (a side's speed
+    # at round-off level) can then go the other way, so the two solves agree to the solver's
+    # tolerances (measured: 6e-15 and 2.8e-9 for seed 2, whose slide chatters in one of them)
+    rtol, atol = ft.EventLoop().tolerances(jnp.float64)
     for i, single in zip((0, 2), singles):
-        assert np.allclose(batch.thresholds[i], single.thresholds, rtol=1e-10, atol=1e-12)
+        assert np.allclose(batch.thresholds[i], single.thresholds, rtol=10 * rtol, atol=10 * atol)
     to32 = lambda tree: jax.tree.map(lambda a: a.astype(jnp.float32), tree)  # noqa: E731
     net, layer, data = take((nets, layers, datas), 0)
     data32 = ft.Dataset(x=data.x.astype(jnp.float32), labels=data.labels, targets=data.targets.astype(jnp.float32))
