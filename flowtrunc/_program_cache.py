@@ -9,7 +9,8 @@ configuration that changes tracing, the device kind and count, the versions, and
 digest of flowtrunc's own source files (so an edited checkout never reuses an old
 program). Files are written atomically (temporary file, then rename), so concurrent
 processes can share the folder; an unreadable file is traced again. Multi-process runs
-trace as usual.
+trace as usual, and so does a program JAX cannot export (one with host callbacks, such as
+diffrax's run-time checks of traced save times in the usual cost's event loop).
 """
 
 import functools
@@ -105,7 +106,10 @@ def _load_or_export(name, key, function, treedef, leaves):
                 _noticed.append(True)
     if exported is None:
         flat = jax.jit(lambda *xs: function(*jax.tree.unflatten(treedef, xs)))
-        exported = export.export(flat)(*leaves)
+        try:
+            exported = export.export(flat)(*leaves)
+        except NotImplementedError:  # host callbacks (diffrax's checks of traced save times)
+            return flat  # cannot be exported: traced in every process
         try:
             os.makedirs(_folder, exist_ok=True)
             temporary = f"{path}.tmp-{os.getpid()}"
