@@ -47,7 +47,9 @@ from ._model.network import (
 )
 from ._model.off_adapted import family_distance as family_distance
 from ._model.off_adapted import nearest_adapted as nearest_adapted
+from ._model.off_adapted import nearest_adapted_output as nearest_adapted_output
 from ._model.off_adapted import off_adapted as off_adapted
+from ._model.off_adapted import off_adapted_output as off_adapted_output
 from ._model.output_layer import AdaptedOutputLayer as AdaptedOutputLayer
 from ._model.output_layer import OutputLayer as OutputLayer
 from ._model.output_layer import metric_cost as metric_cost

@@ -137,6 +137,26 @@ def _check_cost(cost, output_layer, train_output, net):
     return OutputLayer(output_layer.weight.astype(dtype), output_layer.bias.astype(dtype))
 
 
+def _check_output_start(output_start, output_layer, mode, net):
+    """`output_start` cast to the net's dtype (or None); it needs an adapted `output_layer`
+    (its frame) and unconstrained training (its full weight trains)."""
+    if output_start is None:
+        return None
+    if not isinstance(output_layer, AdaptedOutputLayer) or mode != "unconstrained":
+        raise ValueError(
+            "`output_start` (a general output layer to train from) needs cost='output' with an "
+            "AdaptedOutputLayer as `output_layer` (the frame its departure is read in) and "
+            "mode='unconstrained' (its full weight trains). Pass both, or drop output_start."
+        )
+    if not isinstance(output_start, OutputLayer) or output_start.bias.shape != (net.width,):
+        raise ValueError(
+            f"`output_start` must be an OutputLayer of width {net.width} (the net's), got "
+            f"{type(output_start).__name__}."
+        )
+    dtype = net.biases.dtype
+    return OutputLayer(output_start.weight.astype(dtype), output_start.bias.astype(dtype))
+
+
 def _layer_of(params, frozen_layer, parameterisation="direct"):
     """The output layer in use: the trainable one in `params` (`log d_o` back to `d_o`),
     else `frozen_layer` (None for the input-layer cost)."""
@@ -326,6 +346,7 @@ def train(
     cost: str = "input",
     output_layer: OutputLayer | None = None,
     train_output: bool | None = None,
+    output_start: OutputLayer | None = None,
 ) -> TrainingRun:
     """Trains the real network on the input-layer cost (or the usual cost after an output
     layer) with optax, in a `lax.scan`.
@@ -359,6 +380,10 @@ def train(
       `G = (W_o W^(L))ᵀ(W_o W^(L))` (extreme eigenvalues) and the pulled-back targets `ȳ`.
     - `train_output`: cost `"output"` only; whether the output layer trains with the hidden
       layers (default True) or stays frozen.
+    - `output_start`: with an `AdaptedOutputLayer` in unconstrained mode, a general
+      `OutputLayer` whose full weight trains from (e.g. the adapted weight perturbed), as
+      `start` is for the hidden layers; `output_layer` then supplies only the output frame
+      `Q` from which `output_departure` is measured.
 
     **Returns:** a `TrainingRun`. `vmap` over seeds reports divergence per seed.
     """
@@ -371,6 +396,7 @@ def train(
     check_data(net, data)
     output_layer = _check_cost(cost, output_layer, train_output, net)
     train_output = True if train_output is None else bool(train_output)
+    output_start = _check_output_start(output_start, output_layer, mode, net)
     if start is not None:
         if mode != "unconstrained":
             raise ValueError(
@@ -411,7 +437,7 @@ def train(
                 mode if train_weights else "adapted",
                 50,
                 parameterisation,
-                output_layer,
+                output_layer if output_start is None else output_start,
                 train_output,
             )
         )
@@ -441,6 +467,7 @@ def train(
         start,
         output_layer,
         train_output,
+        output_start,
     )
     return with_input_check(run, traced_inputs_ok(net, data))
 
@@ -462,9 +489,12 @@ def _train(
     start=None,
     output_layer=None,
     train_output=True,
+    output_start=None,
 ):
     frame = net.fixed_frame
     output_frame = _output_frame(output_layer)
+    if output_start is not None:  # the full weight trains from there, read in Q's frame
+        output_layer = output_start
     trainable, frozen = _split_layer(output_layer, train_output)
     params = trainable_params(net, mode, parameterisation, trainable)
     if start is not None:
