@@ -185,7 +185,7 @@ def test_usual_cost_comparison_records_the_metric_and_draws_the_error_against_it
     the figure plots each error against it with labelled axes; the input cost records G = I
     and fixed targets. Error model: λ_min errs by 16 M eps λ_max (Weyl), so cond G by
     16 M eps cond G relative, and NumPy's SVD as much again: 32 M eps cond G."""
-    from flowtrunc._experiment.comparison import CompareConfig, output_problem, seed_problem
+    from flowtrunc._experiment.comparison import CompareConfig, output_layers, seed_problem
     from flowtrunc._run.compare_run import run_compare
     from flowtrunc._run.report import figures, load_run
 
@@ -198,7 +198,7 @@ def test_usual_cost_comparison_records_the_metric_and_draws_the_error_against_it
     assert summary["ok_seeds"] == OUT["seeds"]
     loaded, _, metrics, trajectories = load_run(str(out))
     net, data = seed_problem(0, loaded, None)
-    layer = output_problem(0, loaded, net, data)[0]
+    layer = output_layers(0, loaded, data.width, data.x.dtype)[0]
     expected = np.linalg.cond(np.asarray(layer.weight) @ np.asarray(net.cumulative()[0][-1])) ** 2
     np.testing.assert_allclose(
         trajectories["metric_condition"][0, 0], expected, rtol=32 * data.width * expected * EPS
@@ -235,6 +235,14 @@ def test_usual_cost_comparison_records_the_metric_and_draws_the_error_against_it
         ({"cost": "input", "output_condition": 4.0}, r"add cost='output' \(--cost output\)"),
         ({"cost": "input", "freeze_output": True}, r"add cost='output'"),
         ({"cost": "usual"}, r"`cost` must be one of \['input', 'output'\]"),
+        ({"output_layer": "diagonal"}, r"`output_layer` must be one of \['general', 'adapted'\]"),
+        ({"cost": "input", "output_layer": "adapted"}, r"needs cost='output' \(--cost output\)"),
+        ({"output_layer": "adapted", "output_condition": 4.0}, "contradicts output_condition = 4.0"),
+        ({"output_layer": "adapted", "freeze_output": True}, "contradicts freeze_output"),
+        ({"output_departure": 1.0}, r"must be in \[0, 1\)"),
+        ({"output_departure": -0.1}, r"must be in \[0, 1\)"),
+        ({"output_departure": 0.1}, "add output_layer='adapted' and mode='unconstrained'"),
+        ({"output_layer": "adapted", "output_departure": 0.1}, "and mode='unconstrained'"),
     ],
 )
 def test_contradictory_or_bad_output_settings_are_refused(settings, message):
@@ -251,7 +259,10 @@ def test_contradictory_or_bad_output_settings_are_refused(settings, message):
         (dict(output_layer="identity"), "belongs to the usual cost, but cost='input'"),
         (dict(train_output=False), "`train_output` belongs to the usual cost"),
         (dict(cost="output"), r"needs `output_layer`.*OutputLayer.random\(key, 2\)"),
-        (dict(cost="output", output_layer=np.eye(2)), "must be an OutputLayer or AdaptedOutputLayer of width 2"),
+        (
+            dict(cost="output", output_layer=np.eye(2)),
+            "must be an OutputLayer or AdaptedOutputLayer of width 2",
+        ),
     ],
 )
 def test_bad_training_cost_arguments_are_named(default, arguments, message):

@@ -20,12 +20,20 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 from .. import _program_cache as program_cache
 from .._flow.field import at_active, gamma_column
 from .._flow.solve import solve_effective
-from .._flow.solvers import OrbitClock
+from .._flow.solvers import EventLoop, OrbitClock
+from .._flow.usual_cost.event_loop import USUAL_EVENT
+from .._flow.usual_cost.solve import solve_usual_cost
 from .._linalg import matmul
 from .._model.data import Dataset, load_npz, make_staircase
 from .._model.network import AdaptedReLUNet
-from .._model.off_adapted import family_distance, nearest_adapted, off_adapted
-from .._model.output_layer import OutputLayer, pulled_back
+from .._model.off_adapted import (
+    family_distance,
+    nearest_adapted,
+    nearest_adapted_output,
+    off_adapted,
+    off_adapted_output,
+)
+from .._model.output_layer import AdaptedOutputLayer, OutputLayer, pulled_back
 from .._model.parameterisation import weights_flag
 from .._results import RESULTS
 from .._training.training import stability_bound_unchecked, train
@@ -95,7 +103,15 @@ def _kappa(thresholds, scales, counts, num_points, train_weights):
 
 # settings that enter only as numbers (no shape, no branch): the compiled comparison takes
 # them as arrays, so a sweep over them reuses one program
-VALUE_SETTINGS = ("spread", "separation", "jitter", "target_offset", "scale_spread", "bias_scale")
+VALUE_SETTINGS = (
+    "spread",
+    "separation",
+    "jitter",
+    "target_offset",
+    "scale_spread",
+    "bias_scale",
+    "output_departure",
+)
 
 
 def float_dtype(config: CompareConfig):
@@ -151,24 +167,51 @@ class _ValueView:
         return self._values[name] if name in self._values else getattr(self._config, name)
 
 
-def output_problem(seed, config: CompareConfig, net, data: Dataset):
-    """For `cost="output"`: the seed's output layer (condition number `output_condition`),
-    the dataset with output targets `y_q = A(W^(L) v_q + b^(L))` (the image of its targets
-    `v_q` under `net`, training's start, and the layer), the prediction's dataset (targets
-    pulled back at t = 0, equal to `v_q` up to round-off) and its clock factor `tr G/M`
-    (docs/theory.md §6: the flow in the metric `c I` runs `c` times faster)."""
-    layer = OutputLayer.random(
-        jax.random.fold_in(jax.random.key(seed), 11),
-        data.width,
-        condition=config.output_condition,
-        dtype=data.x.dtype,
+def output_layers(seed, config: CompareConfig, width: int, dtype, values: dict | None = None):
+    """For `cost="output"`: `(drawn, start, flow)`. `drawn` is the seed's output layer: a
+    general one of condition number `output_condition`, or (`output_layer="adapted"`) an
+    adapted `Q diag(d_o)` drawn as the hidden layers are. `start` is the layer training
+    starts from: `drawn`, or (unconstrained training) a general layer, its weight perturbed
+    by `output_departure` (0: exactly `drawn`'s). `flow` is the adapted layer the usual
+    cost's flow starts from (the one nearest to `start`; None for a general layer)."""
+    if values is not None:
+        config = _ValueView(config, values)
+    key = jax.random.fold_in(jax.random.key(seed), 11)
+    if config.output_layer != "adapted":
+        drawn = OutputLayer.random(key, width, condition=config.output_condition, dtype=dtype)
+        return drawn, drawn, None
+    drawn = AdaptedOutputLayer.random(
+        key, width, scale_spread=config.scale_spread, bias_scale=config.bias_scale, dtype=dtype
     )
+    if config.mode != "unconstrained":
+        return drawn, drawn, drawn
+    start = off_adapted_output(jax.random.fold_in(key, 1), drawn, config.output_departure)
+    return drawn, start, nearest_adapted_output(start, drawn.frame)
+
+
+def output_problem(net, layer, data: Dataset):
+    """For `cost="output"`: the dataset with output targets `y_q = A(W^(L) v_q + b^(L))`
+    (the image of its targets `v_q` under `net` and `layer`, training's start), the
+    prediction's dataset (targets pulled back at t = 0, equal to `v_q` up to round-off)
+    and its clock factor `tr G/M` (docs/theory.md §6: the flow in the metric `c I` runs
+    `c` times faster)."""
     w_cum, b_cum = net.cumulative()
     targets = layer(matmul(data.targets, w_cum[-1].T) + b_cum[-1][None])
     output_data = Dataset(x=data.x, labels=data.labels, targets=targets)
     metric, pulled = pulled_back(net, layer, output_data)
     predicted = Dataset(x=data.x, labels=data.labels, targets=pulled)
-    return layer, output_data, predicted, jnp.trace(metric) / data.width
+    return output_data, predicted, jnp.trace(metric) / data.width
+
+
+def usual_crossing_times(flow, num_points: int) -> jax.Array:
+    """`(N, M)` first time the usual cost's flow truncates or releases each point in each
+    coordinate (inf if it does not by its final time)."""
+    crossing = (flow.event_kinds == USUAL_EVENT.truncation) | (flow.event_kinds == USUAL_EVENT.release)
+    times = jnp.where(crossing, flow.event_times, jnp.inf)
+    points = jnp.where(flow.event_points >= 0, flow.event_points, num_points)  # -1: dropped
+    coordinates = jnp.broadcast_to(jnp.arange(points.shape[0])[:, None], points.shape)
+    first = jnp.full((points.shape[0], num_points), jnp.inf, times.dtype)
+    return first.at[coordinates, points].min(times, mode="drop").T
 
 
 def compare_seed(seed, config: CompareConfig, user_data: Dataset | None = None, values: dict | None = None):
@@ -180,15 +223,18 @@ def compare_seed(seed, config: CompareConfig, user_data: Dataset | None = None, 
         net = nearest_adapted(start)
     train_weights = not config.freeze_weights
     save_every = config.steps // config.saves
-    layer, train_data, clock = None, data, jnp.ones((), data.x.dtype)
+    layer = start_layer = flow_layer = None
+    train_data, clock = data, jnp.ones((), data.x.dtype)
     if config.cost == "output":  # training on the usual cost; the flow on its t = 0 pull-back
-        layer, train_data, data, clock = output_problem(seed, config, net if start is None else start, data)
+        layer, start_layer, flow_layer = output_layers(seed, config, data.width, data.x.dtype, values)
+        train_data, data, clock = output_problem(net if start is None else start, start_layer, data)
     run = train(
         net,
         train_data,
         start=start,
         cost=config.cost,
         output_layer=layer,
+        output_start=start_layer if isinstance(start_layer, OutputLayer) and flow_layer is not None else None,
         train_output=None if layer is None else not config.freeze_output,
         lr=config.lr,
         steps=config.steps,
@@ -198,7 +244,7 @@ def compare_seed(seed, config: CompareConfig, user_data: Dataset | None = None, 
         parameterisation=config.parameterisation,
         check_stability=False,
     )
-    flow = solve_effective(
+    flow = pullback = solve_effective(
         net,
         data,
         ts=run.ts * clock,
@@ -206,6 +252,18 @@ def compare_seed(seed, config: CompareConfig, user_data: Dataset | None = None, 
         parameterisation=config.parameterisation,
         solver=OrbitClock(rtol=config.rtol, atol=config.atol, max_steps=config.max_steps),
     )
+    usual = None
+    if flow_layer is not None:  # the usual cost's own flow predicts; the pull-back is the baseline
+        usual = solve_usual_cost(
+            net,
+            flow_layer,
+            train_data,
+            ts=run.ts,
+            train_weights=train_weights,
+            parameterisation=config.parameterisation,
+            solver=EventLoop(rtol=config.rtol, atol=config.atol, max_steps=config.max_steps),
+        )
+        flow, clock = usual, jnp.ones((), data.x.dtype)
     # the stability check `train` makes on concrete inputs, per seed (under vmap)
     bound = stability_bound_unchecked(
         net,
@@ -213,20 +271,24 @@ def compare_seed(seed, config: CompareConfig, user_data: Dataset | None = None, 
         config.mode if train_weights else "adapted",
         50,
         config.parameterisation,
-        layer,
+        start_layer,
         not config.freeze_output,
     )
     # along the run: gradient descent on the flow's slowest-to-fastest relaxation
     # dθ*/dt = −κ (θ* − v̄) is stable iff lr κ < 2, κ = Γ_{ℓ*ℓ*} n/N read off the flow's
     # state at every save (free: the flow computed it). Shrinking scales raise Γ ~ D^-2.
-    kappa = clock * _kappa(
-        flow.thresholds,
-        flow.scales,
-        flow.n_truncated,
-        data.num_points,
-        weights_flag(train_weights, config.parameterisation),
-    )
-    along = 2.0 / jnp.max(kappa, axis=1)  # (T,), inf where nothing is truncated
+    if usual is None:
+        kappa = clock * _kappa(
+            flow.thresholds,
+            flow.scales,
+            flow.n_truncated,
+            data.num_points,
+            weights_flag(train_weights, config.parameterisation),
+        )
+        along = 2.0 / jnp.max(kappa, axis=1)  # (T,), inf where nothing is truncated
+    else:  # the usual cost's flow has no one scalar rate: its bound is the start's alone
+        kappa = jnp.full(flow.n_truncated.shape, jnp.nan, flow.thresholds.dtype)
+        along = jnp.full(run.ts.shape, jnp.inf, flow.thresholds.dtype)
     left = config.lr > along
     unstable_from = jnp.where(jnp.any(left), run.ts[jnp.argmax(left)], jnp.inf)
     unstable = config.check_stability & ((config.lr > bound) | jnp.any(left))
@@ -242,7 +304,10 @@ def compare_seed(seed, config: CompareConfig, user_data: Dataset | None = None, 
 
     # crossing times, point by point: when training's θ* passes each data coordinate the
     # flow crosses by t1 (interpolated between saves), against the flow's exact time
-    flow_cross = flow.crossing_times / clock
+    if usual is None:
+        flow_cross, num_events = flow.crossing_times / clock, flow.num_events
+    else:
+        flow_cross, num_events = usual_crossing_times(usual, data.num_points), jnp.sum(usual.num_events)
     flow_cost = flow.cost * clock  # the usual cost predicted as c × the input-layer cost
     metric_condition = run.metric_condition
     target_scale = jnp.maximum(jnp.max(jnp.abs(run.pulled_targets[0])), 1e-12)
@@ -290,7 +355,7 @@ def compare_seed(seed, config: CompareConfig, user_data: Dataset | None = None, 
         cost_error=jnp.max(jnp.abs(run.cost - flow_cost)) / flow_cost[0],
         truncation_agreement=jnp.mean(jnp.all(run.n_truncated == flow.n_truncated, axis=1)),
         final_sets_agree=jnp.all((u <= star_flow[-1][None]) == (u <= star_train[-1][None])),
-        num_events=flow.num_events,
+        num_events=num_events,
         crossings=jnp.sum(in_window),
         unmatched_crossings=jnp.sum(in_window & ~matched),
         extra_crossings=jnp.sum(extra),
@@ -305,6 +370,12 @@ def compare_seed(seed, config: CompareConfig, user_data: Dataset | None = None, 
         start_distance=jnp.max(family_distance(start, net)) if start is not None else jnp.zeros_like(bound),
         metric_condition=jnp.nanmax(metric_condition),
         target_motion=jnp.nanmax(jnp.abs(run.pulled_targets - run.pulled_targets[0][None])) / target_scale,
+        baseline_threshold_error=(
+            jnp.full_like(bound, jnp.nan)
+            if usual is None
+            else jnp.max(jnp.abs(run.thresholds - pullback.thresholds)) / theta_scale
+        ),
+        output_departure=jnp.nanmax(run.output_departure),
     )
     trajectories = dict(
         ts=times,

@@ -30,6 +30,9 @@ def _setting(default, help: str, unit: str = "", choices=None):
 MAX_SEEDS = 10**9
 # settings a data file fixes (read from it)
 DATA_FIXED = ("dim", "points", "clusters")
+# the output layer of the usual cost: general (predicted by the t = 0 pull-back) or adapted
+# to a frame (predicted by the usual cost's own flow, docs/theory.md §9)
+OUTPUT_LAYERS = ("general", "adapted")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -47,7 +50,11 @@ class CompareConfig:
     flow from the adapted net nearest to that start), `cost` (the input-layer cost, or the
     usual cost after an output layer drawn with condition number `output_condition`; the
     output targets are the image of the scenario's targets, so the prediction's pulled-back
-    targets at t = 0 are the scenario's own; `freeze_output` keeps that layer fixed),
+    targets at t = 0 are the scenario's own; `freeze_output` keeps that layer fixed;
+    `output_layer` "adapted" draws it as `Q diag(d_o)` instead, predicted by the usual cost's
+    own flow with the pull-back as the baseline, and `output_departure` ε starts training
+    from that weight plus a perturbation of relative size ε, the flow from the nearest
+    adapted layer),
     `precision` 32 or 64 (unset: from the device, see `on_device`), flow tolerances
     `rtol`/`atol` and step cap `max_steps`, `check_stability` (seeds whose `lr` exceeds
     the stability bound fail). Execution: `seeds` (count), `chunk_size` seeds per chunk
@@ -87,6 +94,17 @@ class CompareConfig:
     freeze_output: bool = _setting(False, "keep the output layer at its initial value (cost output)")
     output_condition: float = _setting(
         1.0, "condition number of the initial output layer (cost output; 1: orthogonal)", "ratio"
+    )
+    output_layer: str = _setting(
+        "general",
+        "output layer (cost output): general, predicted by the t = 0 pull-back; or adapted, Q diag(d_o), "
+        "predicted by the usual cost's own flow",
+        choices=OUTPUT_LAYERS,
+    )
+    output_departure: float = _setting(
+        0.0,
+        "relative size ε of a random perturbation of the adapted output weight (unconstrained training)",
+        "relative Frobenius size",
     )
     precision: int | None = _setting(None, "floating-point bits", "bits", choices=(32, 64))
     rtol: float = _setting(1e-7, "relative tolerance of the flow's ODE solver")
@@ -149,6 +167,7 @@ class CompareConfig:
                 "`freeze_output` freezes the output layer, which only the usual cost has; add "
                 "cost='output' (--cost output), or drop freeze_output."
             )
+        self._check_output_layer()
         if self.data is None and self.points < self.clusters:
             raise ValueError(f"`points` ({self.points}) must be >= `clusters` ({self.clusters}).")
         steps = self.t1 / self.lr
@@ -158,6 +177,31 @@ class CompareConfig:
             raise ValueError(
                 f"t1/lr = {steps:g} steps must be an integer multiple of `saves` = {self.saves}; "
                 "adjust `t1`, `lr` or `saves`."
+            )
+
+    def _check_output_layer(self) -> None:
+        if self.output_layer == "adapted":
+            contradiction = {
+                self.cost != "output": "needs cost='output' (--cost output): only the usual cost has "
+                "an output layer",
+                self.output_condition != 1: f"contradicts output_condition = {self.output_condition}: an "
+                "adapted layer Q diag(d_o) has the condition of d_o; drop output_condition",
+                self.freeze_output: "contradicts freeze_output: its flow trains the output layer; "
+                "drop freeze_output",
+            }
+            for bad, message in contradiction.items():
+                if bad:
+                    raise ValueError(f"`output_layer='adapted'` {message}.")
+        if not 0 <= self.output_departure < 1:
+            raise ValueError(
+                f"`output_departure` (ε, the relative size of the output weight's perturbation) must "
+                f"be in [0, 1), got {self.output_departure!r}; e.g. 0.05."
+            )
+        if self.output_departure > 0 and (self.output_layer != "adapted" or self.mode != "unconstrained"):
+            raise ValueError(
+                f"`output_departure` = {self.output_departure} perturbs an adapted output layer and "
+                "trains its full weight: add output_layer='adapted' and mode='unconstrained' "
+                "(--output-layer adapted --mode unconstrained)."
             )
 
     @property

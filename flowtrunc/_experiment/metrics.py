@@ -52,7 +52,7 @@ METRICS = {
         "events",
         "events of the whole flow",
         "count",
-        "events of the whole effective flow (t in [0, ∞))",
+        "events of the whole effective flow (t in [0, ∞); the usual cost's own flow: by t1)",
         None,
     ),
     "unmatched_crossings": Metric(
@@ -105,6 +105,22 @@ METRICS = {
         "1",
         "max over saves, classes, coordinates of |ȳ(t) − ȳ(0)| / max|ȳ(0)|: how far the pulled-back "
         "targets move in training (0 for the input-layer cost)",
+        None,
+    ),
+    "baseline_threshold_error": Metric(
+        "pull-back threshold error",
+        "max |θ*_train − θ*_pull-back| / max|θ|",
+        "1",
+        "with an adapted output layer: the threshold error of the baseline, the input-layer flow on the "
+        "t = 0 pull-back (docs/theory.md §6), on the same seeds (NaN otherwise)",
+        "max",
+    ),
+    "output_departure": Metric(
+        "output departure",
+        "max ‖QᵀW_o − diag‖_F/‖diag‖ over [0, t1]",
+        "1",
+        "with an adapted output layer: max over saves of the trained output weight's distance from the "
+        "family Q diag(d_o), ‖QᵀW_o − diag(QᵀW_o)‖_F/‖diag(QᵀW_o)‖ (0 while adapted; NaN otherwise)",
         None,
     ),
     "stability_bound": Metric(

@@ -205,6 +205,16 @@ def _output_metric(plt, config, metrics):
     """Per seed: the prediction's errors against the two departures of the usual cost, the
     condition number of its metric G and the motion of the pulled-back targets ȳ."""
     condition, motion, threshold = _axis("metric_condition"), _axis("target_motion"), _axis("threshold_error")
+    if config.output_layer == "adapted":  # the usual cost's own flow, the pull-back beside it
+        departure = _axis("output_departure")
+        return _against(
+            plt,
+            metrics,
+            [(departure, threshold), (departure, _axis("baseline_threshold_error"))],
+            f"The usual cost after an adapted output layer (ε = {config.output_departure}): its own "
+            f"flow (left) and the t = 0 pull-back (right), {int(ok_seeds(metrics).sum())} seeds "
+            f"(lr = {config.lr}, {config.mode})",
+        )
     cost = ("cost_error", "max |C_train − c C_flow| / (c C_flow(0)) [1]")  # the clock c in the formula
     return _against(
         plt,
@@ -281,7 +291,11 @@ def _cost(plt, config, metrics, tr):
         bottom.plot(tr["ts"][s], (tr["cost_train"][s] - tr["cost_flow"][s]) / tr["cost_flow"][s][0], f"C{s}")
     top.set_yscale("log")
     top.set_ylabel(
-        "usual cost C (flow: c × input-layer cost) [output units²]"
+        (
+            "usual cost C (flow: the usual cost's own) [output units²]"
+            if config.output_layer == "adapted"
+            else "usual cost C (flow: c × input-layer cost) [output units²]"
+        )
         if config.cost == "output"
         else "input-layer cost C [input units²]",
         fontsize=8 if config.cost == "output" else None,

@@ -36,6 +36,8 @@ TABLE_METRICS = (
     "start_distance",
     "metric_condition",
     "target_motion",
+    "baseline_threshold_error",
+    "output_departure",
 )
 # the built-in sweep: where does the O(lr) agreement hold, and how does it depend on the
 # gap between clusters (a few minutes on 2 CPU cores)
