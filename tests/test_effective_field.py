@@ -82,7 +82,7 @@ def test_ties_make_the_lower_layer_field_tangent(key):
     theta, scales = ft.thresholds(net)
     theta = theta.at[3].set(theta[1])  # tie layer 4 with layer 2
     active = jnp.full((3,), 1, jnp.int32)
-    column = gamma_column(theta, scales, active, True)
+    column = gamma_column(theta, scales, active, "direct")
     assert np.allclose(column[3], column[1], rtol=1e-14)
 
 

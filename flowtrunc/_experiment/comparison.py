@@ -34,7 +34,7 @@ from .._model.off_adapted import (
     off_adapted_output,
 )
 from .._model.output_layer import AdaptedOutputLayer, OutputLayer, pulled_back
-from .._model.parameterisation import weights_flag
+from .._model.parameterisation import weight_motion
 from .._results import RESULTS
 from .._training.training import stability_bound_unchecked, train
 from .config import CompareConfig
@@ -90,12 +90,12 @@ def _collapse_times(times, theta_star, class_top):
     return jnp.where(jnp.any(collapsed, axis=0), times[first], jnp.inf)
 
 
-def _kappa(thresholds, scales, counts, num_points, train_weights):
+def _kappa(thresholds, scales, counts, num_points, motion):
     """κ_k(t) = Γ_{ℓ*ℓ*}(t) n_k(t)/N along a saved trajectory, `(T, M)`."""
 
     def one(theta, scale, count):
         active = jnp.argmax(theta, axis=0).astype(jnp.int32)
-        gamma = gamma_column(theta, scale, active, train_weights)
+        gamma = gamma_column(theta, scale, active, motion)
         return at_active(gamma, active) * count / num_points
 
     return jax.vmap(one)(thresholds, scales, counts)
@@ -283,7 +283,7 @@ def compare_seed(seed, config: CompareConfig, user_data: Dataset | None = None, 
             flow.scales,
             flow.n_truncated,
             data.num_points,
-            weights_flag(train_weights, config.parameterisation),
+            weight_motion(train_weights, config.parameterisation),
         )
         along = 2.0 / jnp.max(kappa, axis=1)  # (T,), inf where nothing is truncated
     else:  # the usual cost's flow has no one scalar rate: its bound is the start's alone

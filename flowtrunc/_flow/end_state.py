@@ -8,7 +8,7 @@ import numpy as np
 from .._custom_types import Array, Bool, Float, Int
 from .._model.data import Dataset
 from .._model.network import AdaptedReLUNet
-from .._model.parameterisation import weights_flag
+from .._model.parameterisation import weight_motion
 from .coordinate_end import END_KINDS as END_KINDS
 from .orbit_clock import flow_coordinates, orbit_tools, result_code, unsort
 from .solve import prepare_inputs, traced_inputs_ok, with_input_check
@@ -84,20 +84,16 @@ def end_state(
         )
     solver = from_old_keywords(solver, "end_state", rtol=rtol, atol=atol, max_steps=max_steps)
     check_solver(solver, (OrbitClock,))
-    weights = weights_flag(train_weights, parameterisation)
+    motion = weight_motion(train_weights, parameterisation)
     stats, theta, scales, _, _, _, _ = prepare_inputs(net, data, jnp.zeros(1), None, None, None, "end_state")
     rtol, atol = solver.tolerances(theta.dtype)
     settings = (solver.ode_solver, rtol, atol, solver.max_steps)
-    end = _end_state(
-        stats, theta, scales, data.labels, data.num_classes, weights, *settings, bool(with_times)
-    )
+    end = _end_state(stats, theta, scales, data.labels, data.num_classes, motion, *settings, bool(with_times))
     return with_input_check(end, traced_inputs_ok(net, data))
 
 
 @eqx.filter_jit
-def _end_state(
-    stats, theta, scales, labels, num_classes, train_weights, solver, rtol, atol, max_steps, with_times
-):
+def _end_state(stats, theta, scales, labels, num_classes, motion, solver, rtol, atol, max_steps, with_times):
     tools = orbit_tools(theta.dtype, rtol, atol, solver)
     ts = jnp.full(1, jnp.inf, theta.dtype)
     flows = flow_coordinates(
@@ -105,7 +101,7 @@ def _end_state(
         theta,
         scales,
         ts,
-        train_weights=train_weights,
+        motion=motion,
         tools=tools,
         max_steps=max_steps,
         with_times=with_times,

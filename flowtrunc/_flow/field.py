@@ -26,7 +26,7 @@ from .._model.cost import check_data
 from .._model.data import Dataset
 from .._model.input_space import thresholds
 from .._model.network import AdaptedReLUNet
-from .._model.parameterisation import weights_flag
+from .._model.parameterisation import weight_motion
 from .coordinate_end import direction_at
 from .statistics import CoordinateStats, coordinate_stats, count_below, truncated_target_sum
 
@@ -42,9 +42,9 @@ def _inverse_square_factors(scales):
     return layer**-2
 
 
-def d_term_factors(scales, train_weights):
+def d_term_factors(scales, motion):
     """The factor of each d-term: `d_n^{-2}` on the direct parameterisation, 1 on log d."""
-    if train_weights == "log":
+    if motion == "log":
         return jnp.ones_like(scales)
     return _inverse_square_factors(scales)
 
@@ -96,7 +96,7 @@ def start_state(stats: CoordinateStats, theta: Float[Array, "depth width"]) -> S
     )
 
 
-def gamma_column(theta, scales, active, train_weights: bool):
+def gamma_column(theta, scales, active, motion: str):
     r"""$\Gamma_{\ell,\ell^*}$ for every layer ℓ, shape `(L, M)`; O(L^2 M)."""
     depth = theta.shape[0]
     layers = jnp.arange(depth)
@@ -104,23 +104,23 @@ def gamma_column(theta, scales, active, train_weights: bool):
     limit = jnp.minimum(layers[:, None], active[None, :])
     mask = layers[None, :, None] <= limit[:, None, :]
     terms = jnp.broadcast_to((scales**-2)[None], mask.shape)
-    if train_weights:
+    if motion != "frozen":
         prev = _previous(theta)
         theta_star = at_active(theta, active)
         cross = (prev[None] - theta[:, None]) * (prev - theta_star[None])[None]
-        terms = terms + cross * d_term_factors(scales, train_weights)[None]
+        terms = terms + cross * d_term_factors(scales, motion)[None]
     return jnp.sum(jnp.where(mask, terms, 0.0), axis=1)
 
 
-def effective_velocity(theta, scales, g, active, train_weights: bool):
+def effective_velocity(theta, scales, g, active, motion: str):
     """`(dθ/dt, dD/dt)` for thresholds and cumulative scales `(L, M)` given `g` `(M,)`."""
-    dtheta = -g[None] * gamma_column(theta, scales, active, train_weights)
-    if not train_weights:
+    dtheta = -g[None] * gamma_column(theta, scales, active, motion)
+    if motion == "frozen":
         return dtheta, jnp.zeros_like(scales)
     depth = theta.shape[0]
     theta_star = at_active(theta, active)
     below = jnp.arange(depth)[:, None] <= active[None]
-    factors = d_term_factors(scales, train_weights)
+    factors = d_term_factors(scales, motion)
     terms = jnp.where(below, (_previous(theta) - theta_star[None]) * factors, 0.0)
     dscales = -g[None] * scales * jnp.cumsum(terms, axis=0)
     return dtheta, dscales
@@ -154,13 +154,13 @@ def effective_field(
     """
     check_adapted(net, "effective_field")
     check_data(net, data)
-    train_weights = weights_flag(train_weights, parameterisation)
+    motion = weight_motion(train_weights, parameterisation)
     theta, scales = thresholds(net)
     stats = coordinate_stats(net.fixed_frame, data)
     state = start_state(stats, theta)
     g = (state.count * jnp.max(theta, axis=0) - state.target_sum) / stats.num_points
     g = jnp.where(state.direction != 0, g, 0.0)
-    dtheta, dscales = effective_velocity(theta, scales, g, state.active, train_weights)
+    dtheta, dscales = effective_velocity(theta, scales, g, state.active, motion)
     return EffectiveVelocity(dtheta, dscales, -(dscales * theta + scales * dtheta))
 
 

@@ -28,23 +28,23 @@ import numpy as np
 from .field import effective_velocity, gamma_column, start_layer
 
 
-def star_rate(theta, scales, active, train_weights: bool):
+def star_rate(theta, scales, active, motion: str):
     r"""$\Gamma_{\ell^*\ell^*}$ of one coordinate, thresholds and scales `(L,)`."""
-    column = gamma_column(theta[:, None], scales[:, None], active[None], train_weights)
+    column = gamma_column(theta[:, None], scales[:, None], active[None], motion)
     return column[active, 0]
 
 
-def orbit_field(s, y, args, train_weights: bool):
+def orbit_field(s, y, args, motion: str):
     """dy/ds along the orbit: the effective field at g = -1, divided by Γ_{ℓ*ℓ*}, and the
     rate of change of h = 1/Γ_{ℓ*ℓ*} along it."""
     theta, scales, _ = y
     active, direction = args
     dtheta, dscales = effective_velocity(
-        theta[:, None], scales[:, None], -jnp.ones(1, theta.dtype), active[None], train_weights
+        theta[:, None], scales[:, None], -jnp.ones(1, theta.dtype), active[None], motion
     )
     factor = direction / dtheta[active, 0]  # at g = -1, dθ*/dt is Γ_{ℓ*ℓ*}
     velocity = (dtheta[:, 0] * factor, dscales[:, 0] * factor)
-    rate, change = jax.jvp(lambda th, sc: star_rate(th, sc, active, train_weights), (theta, scales), velocity)
+    rate, change = jax.jvp(lambda th, sc: star_rate(th, sc, active, motion), (theta, scales), velocity)
     return (*velocity, -change / rate**2)
 
 
@@ -137,19 +137,17 @@ class Orbit(eqx.Module):
         return self.segment_layers[index]
 
 
-def solve_orbit(
-    theta, scales, direction, length, *, train_weights, solver, controller, root_finder, max_steps
-):
+def solve_orbit(theta, scales, direction, length, *, motion, solver, controller, root_finder, max_steps):
     """Integrates one coordinate's orbit from s = 0 to `length`, segment by segment."""
     depth = theta.shape[0]
     dtype = theta.dtype
-    term = diffrax.ODETerm(lambda s, y, args: orbit_field(s, y, args, train_weights))
+    term = diffrax.ODETerm(lambda s, y, args: orbit_field(s, y, args, motion))
     event = diffrax.Event(_switch_distance, root_finder=root_finder)
     length = length.astype(dtype)
 
     def segment(carry, _):
         s0, (theta0, scales0), active, ok = carry
-        y = (theta0, scales0, 1.0 / star_rate(theta0, scales0, active, train_weights))
+        y = (theta0, scales0, 1.0 / star_rate(theta0, scales0, active, motion))
         sol = diffrax.diffeqsolve(
             term,
             solver,

@@ -46,7 +46,7 @@ def orbit_tools(dtype, rtol, atol, solver):
 
 
 def coordinate_flow(
-    u_sorted, target_sums, theta, scales, ts, *, train_weights, tools, max_steps, with_times=True
+    u_sorted, target_sums, theta, scales, ts, *, motion, tools, max_steps, with_times=True
 ) -> CoordinateFlow:
     """One coordinate's flow. `with_times=False`: the end and which points it reaches,
     from the scan and the orbit alone (no clock; `ts` unused, time fields None)."""
@@ -54,9 +54,7 @@ def coordinate_flow(
     end = coordinate_end(u_sorted, target_sums, theta_star)
     direction = end.direction.astype(theta.dtype)
     length = jnp.abs(end.level - theta_star)
-    orbit = solve_orbit(
-        theta, scales, end.direction, length, train_weights=train_weights, max_steps=max_steps, **tools
-    )
+    orbit = solve_orbit(theta, scales, end.direction, length, motion=motion, max_steps=max_steps, **tools)
     switches = orbit.segment_starts[1:]
 
     def state(s):
@@ -109,7 +107,7 @@ def coordinate_flow(
 
 
 def flow_coordinates(
-    stats, theta, scales, ts, *, train_weights, tools, max_steps, with_times=True
+    stats, theta, scales, ts, *, motion, tools, max_steps, with_times=True
 ) -> CoordinateFlow:
     """`coordinate_flow` for every coordinate (vmapped; the coordinate axis comes first)."""
     return jax.vmap(
@@ -119,7 +117,7 @@ def flow_coordinates(
             th,
             sc,
             ts,
-            train_weights=train_weights,
+            motion=motion,
             tools=tools,
             max_steps=max_steps,
             with_times=with_times,

@@ -13,7 +13,7 @@ from .._model.cost import check_data
 from .._model.data import Dataset
 from .._model.input_space import thresholds
 from .._model.network import AdaptedReLUNet
-from .._model.parameterisation import weights_flag
+from .._model.parameterisation import weight_motion
 from .._validate import check_positive_int, float_array, is_concrete, traced_inputs_ok, with_input_check
 from .event_loop import EffectiveSolution, solution, solve_segments
 from .events import Discrete, first_event_distance
@@ -131,7 +131,7 @@ def solve_effective(
     )
     check_solver(solver, (OrbitClock, EventLoop))
     orbit = isinstance(solver, OrbitClock)
-    weights = weights_flag(train_weights, parameterisation)
+    motion = weight_motion(train_weights, parameterisation)
     stats, theta, scales, ts, t1, max_segments, max_events = prepare_inputs(
         net,
         data,
@@ -147,7 +147,7 @@ def solve_effective(
     ok = traced_inputs_ok(net, data, ts, allow_inf=orbit)
     if orbit:
         return with_input_check(
-            _solve_orbit(stats, theta, scales, ts, weights, ode_solver, rtol, atol, max_steps, max_events), ok
+            _solve_orbit(stats, theta, scales, ts, motion, ode_solver, rtol, atol, max_steps, max_events), ok
         )
     return with_input_check(
         _solve_diffrax(
@@ -156,7 +156,7 @@ def solve_effective(
             scales,
             ts,
             t1,
-            weights,
+            motion,
             ode_solver,
             rtol,
             atol,
@@ -169,11 +169,9 @@ def solve_effective(
 
 
 @eqx.filter_jit
-def _solve_orbit(stats, theta, scales, ts, train_weights, solver, rtol, atol, max_steps, max_events):
+def _solve_orbit(stats, theta, scales, ts, motion, solver, rtol, atol, max_steps, max_events):
     tools = orbit_tools(theta.dtype, rtol, atol, solver)
-    flows = flow_coordinates(
-        stats, theta, scales, ts, train_weights=train_weights, tools=tools, max_steps=max_steps
-    )
+    flows = flow_coordinates(stats, theta, scales, ts, motion=motion, tools=tools, max_steps=max_steps)
     result = result_code(flows, theta, scales)
     failed = result != 0
     blank = lambda a: jnp.where(failed, jnp.nan, a)  # noqa: E731
@@ -196,7 +194,7 @@ def _solve_orbit(stats, theta, scales, ts, train_weights, solver, rtol, atol, ma
 
 @eqx.filter_jit
 def _solve_diffrax(
-    stats, theta, scales, ts, t1, train_weights, solver, rtol, atol, max_steps, max_segments, max_events
+    stats, theta, scales, ts, t1, motion, solver, rtol, atol, max_steps, max_segments, max_events
 ):
     controller = diffrax.PIDController(rtol=rtol, atol=atol)
     eps = float(jnp.finfo(theta.dtype).eps)
@@ -211,7 +209,7 @@ def _solve_diffrax(
         theta_star = at_active(theta, disc.active)
         g = cost_gradient(stats, disc.count, disc.target_sum, theta_star)
         g = jnp.where(disc.moving != 0, g, 0.0)
-        return effective_velocity(theta, scales, g, disc.active, train_weights)
+        return effective_velocity(theta, scales, g, disc.active, motion)
 
     def event_fn(t, y, args, **kwargs):
         # Default float dtype: diffrax's untriggered branch returns a Python 0.0, which is
@@ -279,7 +277,7 @@ def _solve_exact(stats, theta, scales, ts, t1, max_segments, max_events):
     depth = theta.shape[0]
 
     def propagate(t, theta, scales, disc):
-        gamma = gamma_column(theta, scales, disc.active, False)
+        gamma = gamma_column(theta, scales, disc.active, "frozen")
         gamma_star = at_active(gamma, disc.active)
         theta_star = at_active(theta, disc.active)
         count = jnp.maximum(disc.count, 1)

@@ -11,10 +11,14 @@ def check_parameterisation(parameterisation) -> None:
         )
 
 
-def weights_flag(train_weights: bool, parameterisation: str):
-    """The static flag the solvers carry: False (biases only), True (gradient flow on the
-    diagonal entries `d`), or "log" (gradient flow on `log d`)."""
+# how the solvers move the diagonal weights: not at all (biases only), d, or log d
+WEIGHT_MOTIONS = ("frozen", "direct", "log")
+
+
+def weight_motion(train_weights: bool, parameterisation: str) -> str:
+    """The static word the solvers carry, one of `WEIGHT_MOTIONS`, from the public pair
+    (`train_weights`, `parameterisation`)."""
     check_parameterisation(parameterisation)
     if not isinstance(train_weights, bool):
         raise ValueError(f"`train_weights` must be True or False, got {train_weights!r}.")
-    return "log" if train_weights and parameterisation == "log" else train_weights
+    return parameterisation if train_weights else "frozen"

@@ -61,7 +61,7 @@ class Discrete(NamedTuple):
     mode: jax.Array
 
 
-def _field_pair(state: State, disc: Discrete, column: Column, train_weights):
+def _field_pair(state: State, disc: Discrete, column: Column, motion):
     """The fields at the two ends of the current sliding combination, `(F0, F1)`, with the
     sliding condition `σ(F)` of each (zero for a free segment)."""
     theta_star = state.thresholds[disc.active]
@@ -71,10 +71,10 @@ def _field_pair(state: State, disc: Discrete, column: Column, train_weights):
     sums0 = sums_at(column, disc.low, disc.high, 0.0)
     sums1 = sums_at(column, disc.low, disc.high, 1.0)
     f0 = velocity(
-        state, gradient(state, sums0, theta_star, num_points), disc.active, disc.partner, 0.0, train_weights
+        state, gradient(state, sums0, theta_star, num_points), disc.active, disc.partner, 0.0, motion
     )
     grad1 = gradient(state, sums1, theta_star, num_points)
-    f1 = velocity(state, grad1, disc.active, disc.partner, jnp.where(tie_slide, 1.0, 0.0), train_weights)
+    f1 = velocity(state, grad1, disc.active, disc.partner, jnp.where(tie_slide, 1.0, 0.0), motion)
 
     def condition(field):
         on_level = field.thresholds[disc.active]
@@ -84,10 +84,10 @@ def _field_pair(state: State, disc: Discrete, column: Column, train_weights):
     return f0, f1, condition(f0), condition(f1)
 
 
-def combined_field(state: State, disc: Discrete, column: Column, train_weights):
+def combined_field(state: State, disc: Discrete, column: Column, motion):
     """`(field, μ)`: the Filippov combination `F0 + μ (F1 − F0)` whose sliding condition
     vanishes (μ = 0 off a surface)."""
-    f0, f1, s0, s1 = _field_pair(state, disc, column, train_weights)
+    f0, f1, s0, s1 = _field_pair(state, disc, column, motion)
     sliding = disc.mode != MODE.free
     denominator = jnp.where(sliding & (s0 != s1), s0 - s1, 1.0)
     mu = jnp.where(sliding, s0 / denominator, 0.0)
@@ -96,7 +96,7 @@ def combined_field(state: State, disc: Discrete, column: Column, train_weights):
     return field, mu
 
 
-def distances(state: State, disc: Discrete, column: Column, train_weights):
+def distances(state: State, disc: Discrete, column: Column, motion):
     """Signed distances to the surfaces `(truncation, release, layer, slide end at μ = 0,
     slide end at μ = 1)`, positive until the event, `(5,)`; and the nearest other layer."""
     num_points = column.u.shape[0]
@@ -111,7 +111,7 @@ def distances(state: State, disc: Discrete, column: Column, train_weights):
     others = (layers != disc.active) & ~((disc.mode == MODE.tie_slide) & (layers == disc.partner))
     gaps = jnp.where(others, theta_star - theta, _FAR)
     layer = jnp.min(gaps)
-    _, mu = combined_field(state, disc, column, train_weights)
+    _, mu = combined_field(state, disc, column, motion)
     sliding = disc.mode != MODE.free
     ends = jnp.where(sliding, jnp.stack([mu, 1.0 - mu]), _FAR)
     return jnp.concatenate([jnp.stack([truncation, release, layer]), ends]), jnp.argmin(gaps).astype(
@@ -119,16 +119,16 @@ def distances(state: State, disc: Discrete, column: Column, train_weights):
     )
 
 
-def _star_speed(state, disc, column, train_weights):
-    field, _ = combined_field(state, disc, column, train_weights)
+def _star_speed(state, disc, column, motion):
+    field, _ = combined_field(state, disc, column, motion)
     return field.thresholds[disc.active]
 
 
-def apply_event(state: State, disc: Discrete, column: Column, train_weights):
+def apply_event(state: State, disc: Discrete, column: Column, motion):
     """The nearest surface's event: snaps the state onto it and picks the next discrete
     state from the two one-sided fields. Returns `(state, disc, kind, point, ok)`; `ok` is
     False where the state would slide on two surfaces at once (not supported)."""
-    d, nearest_layer = distances(state, disc, column, train_weights)
+    d, nearest_layer = distances(state, disc, column, motion)
     kind = jnp.argmin(d)
     theta = state.thresholds
     layers = jnp.arange(theta.shape[0])
@@ -142,8 +142,8 @@ def apply_event(state: State, disc: Discrete, column: Column, train_weights):
     low, high = group_bounds(column, level)
     on_level = (layers == disc.active) | (tie & (layers == disc.partner))
     snapped = state._replace(thresholds=jnp.where(on_level, level, theta))
-    v_low = _star_speed(snapped, disc._replace(low=low, high=low), column, train_weights)
-    v_high = _star_speed(snapped, disc._replace(low=high, high=high), column, train_weights)
+    v_low = _star_speed(snapped, disc._replace(low=low, high=low), column, motion)
+    v_high = _star_speed(snapped, disc._replace(low=high, high=high), column, motion)
     crosses_up = (kind == 0) & (v_high > 0)
     crosses_down = (kind == 1) & (v_low < 0)
     crossing = crosses_up | crosses_down
@@ -166,7 +166,7 @@ def apply_event(state: State, disc: Discrete, column: Column, train_weights):
     partner = nearest_layer
     tied = state._replace(thresholds=jnp.where(layers == partner, theta[disc.active], theta))
     as_tie = disc._replace(partner=partner, mode=jnp.asarray(MODE.tie_slide, jnp.int32))
-    *_, s1 = _field_pair(tied, as_tie, column, train_weights)
+    *_, s1 = _field_pair(tied, as_tie, column, motion)
     takes_over = s1 > 0
     layer_disc = Discrete(
         low=disc.low,
@@ -200,7 +200,7 @@ def apply_event(state: State, disc: Discrete, column: Column, train_weights):
     return new_state, new_disc, event_kind.astype(jnp.int32), point, ok
 
 
-def initial_discrete(state: State, column: Column, train_weights) -> Discrete:
+def initial_discrete(state: State, column: Column, motion) -> Discrete:
     """As gradient descent counts at t = 0: points at or below θ* truncated, the lowest tied
     layer active, no sliding (a state that starts on a surface leaves it or lands in a
     slide at the first event)."""
@@ -245,7 +245,7 @@ def solve_coordinate(
     ts,
     t1,
     *,
-    train_weights,
+    motion,
     solver,
     rtol,
     atol,
@@ -263,7 +263,7 @@ def solve_coordinate(
     controller = diffrax.PIDController(rtol=rtol, atol=atol)
 
     def vector_field(t, y, disc):
-        field, _ = combined_field(y, disc, column, train_weights)
+        field, _ = combined_field(y, disc, column, motion)
         return field
 
     def event_fn(t, y, args, **kwargs):
@@ -272,7 +272,7 @@ def solve_coordinate(
         # first step that overshoots the next surface would go unseen. So the start counts
         # as far from every surface. Default float type: diffrax's untriggered branch
         # returns a Python 0.0.
-        nearest = jnp.min(distances(y, args, column, train_weights)[0])
+        nearest = jnp.min(distances(y, args, column, motion)[0])
         return jnp.where(t == kwargs["t0"], 1.0, nearest).astype(jnp.result_type(float))
 
     term = diffrax.ODETerm(vector_field)
@@ -283,7 +283,7 @@ def solve_coordinate(
     init = _Carry(
         t=jnp.zeros((), dtype),
         state=state,
-        disc=initial_discrete(state, column, train_weights),
+        disc=initial_discrete(state, column, motion),
         out=nan_out,
         events=events,
         num_events=jnp.zeros((), jnp.int32),
@@ -323,7 +323,7 @@ def solve_coordinate(
             at_ts,
             carry.out,
         )
-        new_state, new_disc, kind, point, supported = apply_event(end, carry.disc, column, train_weights)
+        new_state, new_disc, kind, point, supported = apply_event(end, carry.disc, column, motion)
         hit = hit & ok
         slot = jnp.where(hit, carry.num_events, max_events)
         values = (t_end, kind, point, new_disc.active)

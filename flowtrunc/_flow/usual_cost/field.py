@@ -28,7 +28,7 @@ from ..._model.data import Dataset
 from ..._model.input_space import thresholds
 from ..._model.network import AdaptedReLUNet
 from ..._model.output_layer import AdaptedOutputLayer, check_adapted_output
-from ..._model.parameterisation import weights_flag
+from ..._model.parameterisation import weight_motion
 from ..field import check_adapted
 from .statistics import Sums, columns, group_bounds, shifted, sums_at, usual_stats
 
@@ -47,21 +47,21 @@ def _previous(values, first):
     return jnp.concatenate([jnp.full_like(values[:1], first), values[:-1]])
 
 
-def weight_factors(scales, output_scale, train_weights):
+def weight_factors(scales, output_scale, motion):
     """`(ρ_n, ρ_o)`: the preconditioning of each weight gradient (docs/theory.md §9)."""
-    if train_weights is False:
+    if motion == "frozen":
         return jnp.zeros_like(scales), jnp.zeros_like(output_scale)
-    if train_weights == "log":
+    if motion == "log":
         return jnp.ones_like(scales), output_scale**2
     layer = scales / _previous(scales, 1.0)
     return layer**-2, jnp.ones_like(output_scale)
 
 
-def metric(state: State, train_weights):
+def metric(state: State, motion):
     """`(K^θθ, K^Dθ, K^DD)`, each `(L, L)`: the push-forward metric on `(θ, D)`."""
     theta, scales = state.thresholds, state.scales
     depth = theta.shape[0]
-    rho, _ = weight_factors(scales, state.output_scale, train_weights)
+    rho, _ = weight_factors(scales, state.output_scale, motion)
     layers = jnp.arange(depth)
     # mask[l, m, n] = n <= min(l, m)
     mask = layers[None, None, :] <= jnp.minimum(layers[:, None], layers[None, :])[:, :, None]
@@ -96,7 +96,7 @@ def gradient(state: State, sums: Sums, theta_star, num_points) -> Gradient:
     )
 
 
-def velocity(state: State, grad: Gradient, active, partner, route, train_weights) -> State:
+def velocity(state: State, grad: Gradient, active, partner, route, motion) -> State:
     """`−K ∇C` with the truncation term on the active threshold, a fraction `route` of it
     moved to layer `partner` (the Filippov combination on a tie; 0 off a tie)."""
     depth = state.thresholds.shape[0]
@@ -105,8 +105,8 @@ def velocity(state: State, grad: Gradient, active, partner, route, train_weights
     g_theta = grad.truncation * ((1 - route) * (layers == active) + route * (layers == partner))
     g_theta = g_theta - slope * grad.mean_residual * (layers == depth - 1)
     g_scale = state.output_scale * grad.moment * (layers == depth - 1)
-    k_tt, k_dt, k_dd = metric(state, train_weights)
-    _, rho_o = weight_factors(state.scales, state.output_scale, train_weights)
+    k_tt, k_dt, k_dd = metric(state, motion)
+    _, rho_o = weight_factors(state.scales, state.output_scale, motion)
     return State(
         thresholds=-(k_tt @ g_theta + k_dt.T @ g_scale),
         scales=-(k_dt @ g_theta + k_dd @ g_scale),
@@ -147,7 +147,7 @@ def usual_cost_field(
     check_adapted(net, "usual_cost_field")
     check_data(net, data)
     check_adapted_output(output_layer, net.width)
-    train_weights = weights_flag(train_weights, parameterisation)
+    motion = weight_motion(train_weights, parameterisation)
     theta, scales = thresholds(net)
     dtype = jnp.result_type(theta, output_layer.scales, data.x)
     stats = usual_stats(net.fixed_frame.astype(dtype), output_layer.fixed_frame.astype(dtype), data)
@@ -158,7 +158,7 @@ def usual_cost_field(
         theta_star = state.thresholds[active]
         _, high = group_bounds(column, theta_star)
         grad = gradient(state, sums_at(column, high, high, 0.0), theta_star, stats.num_points)
-        return velocity(state, grad, active, active, 0.0, train_weights)
+        return velocity(state, grad, active, active, 0.0, motion)
 
     out = jax.vmap(one)(jax.tree.map(lambda a: a.astype(dtype), states), columns(stats), active)
     return UsualVelocity(out.thresholds.T, out.scales.T, out.output_scale, out.output_offset)

@@ -11,7 +11,7 @@ from ..._model.data import Dataset
 from ..._model.input_space import thresholds
 from ..._model.network import AdaptedReLUNet
 from ..._model.output_layer import AdaptedOutputLayer, check_adapted_output
-from ..._model.parameterisation import weights_flag
+from ..._model.parameterisation import weight_motion
 from ..._validate import check_positive_int, orthogonality_tolerance, traced_inputs_ok, with_input_check
 from ..field import check_adapted
 from ..solve import check_times
@@ -95,7 +95,7 @@ def solve_usual_cost(
     check_adapted(net, "solve_usual_cost")
     check_data(net, data)
     check_adapted_output(output_layer, net.width)
-    weights = weights_flag(train_weights, parameterisation)
+    motion = weight_motion(train_weights, parameterisation)
     solver = EventLoop() if solver is None else solver
     if isinstance(solver, OrbitClock):
         raise ValueError(
@@ -121,7 +121,7 @@ def solve_usual_cost(
         State(theta.T, scales.T, output_layer.scales, output_layer.offsets),
         ts.astype(dtype),
         jnp.asarray(t1, dtype),
-        weights,
+        motion,
         solver.ode_solver,
         rtol,
         atol,
@@ -147,7 +147,7 @@ def _traced_layer_ok(layer: AdaptedOutputLayer):
 
 @eqx.filter_jit
 def _solve(
-    frame, output_frame, data, state, ts, t1, weights, solver, rtol, atol, max_steps, max_segments, max_events
+    frame, output_frame, data, state, ts, t1, motion, solver, rtol, atol, max_steps, max_segments, max_events
 ):
     stats = usual_stats(frame, output_frame, data)
     cols = columns(stats)
@@ -159,7 +159,7 @@ def _solve(
             coordinate_state,
             ts,
             t1,
-            train_weights=weights,
+            motion=motion,
             solver=solver,
             rtol=rtol,
             atol=atol,
