@@ -13,6 +13,7 @@ from helpers import TINY
 
 import flowtrunc as ft
 from flowtrunc._cli import build_parser, main
+from flowtrunc._experiment import comparison
 from flowtrunc._experiment.comparison import CompareConfig, compare, seed_problem
 from flowtrunc._experiment.config import DEVICE_CHOSEN, DEVICE_DEFAULTS
 from flowtrunc._experiment.summary import DESCRIPTIONS
@@ -62,7 +63,7 @@ def test_failed_start_leaves_nothing_and_a_corrected_rerun_works(tmp_path, capsy
     def broken(*args, **kwargs):
         raise ValueError("a failure inside the first chunk")
 
-    monkeypatch.setattr(compare_run, "run_chunk", broken)
+    monkeypatch.setattr(comparison, "run_chunk", broken)
     with pytest.raises(ValueError, match="inside the first chunk"):
         run_compare(CompareConfig(**TINY), str(out), progress=False)
     assert not out.exists()  # the failed start removed what it made

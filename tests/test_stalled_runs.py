@@ -10,6 +10,7 @@ import pytest
 from helpers import TINY
 
 from flowtrunc._cli import main
+from flowtrunc._experiment import comparison
 from flowtrunc._experiment.config import CompareConfig
 from flowtrunc._run import compare_run, directory, watchdog
 
@@ -58,7 +59,7 @@ def test_ctrl_c_while_waiting_leaves_the_running_work_marked_as_abandoned(receiv
 
 
 def test_a_stalled_first_chunk_stops_the_run_and_cleans_up(tmp_path, monkeypatch):
-    monkeypatch.setattr(compare_run, "run_chunk", lambda *args, **kwargs: time.sleep(1.5))
+    monkeypatch.setattr(comparison, "run_chunk", lambda *args, **kwargs: time.sleep(1.5))
     out = tmp_path / "run"
     with pytest.raises(watchdog.StalledRun, match="seeds 0..3"):
         compare_run.run_compare(CompareConfig(**TINY), str(out), progress=False, stall_timeout=0.3)

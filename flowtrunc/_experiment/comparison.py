@@ -10,6 +10,7 @@ import dataclasses
 import importlib
 import math
 import os
+import time
 
 import equinox as eqx
 import jax
@@ -448,6 +449,27 @@ def _run_chunk(config, user_data, seeds, pad_to):
     return metrics, trajectories
 
 
+def chunk_results(config: CompareConfig, user_data, chunks, guard=None):
+    """Runs each array of seeds in `chunks` as one chunk (padded to `config.chunk_size`,
+    so every chunk reuses one compiled program) and yields `(seeds, metrics,
+    trajectories, seconds)`. `guard(compute, seeds)`, if given, runs each chunk's
+    computation (the run loop's stall watch). The one chunk loop of `compare` and
+    `run_compare`."""
+    for seeds in chunks:
+        began = time.perf_counter()
+
+        def compute(seeds=seeds):
+            return run_chunk(config, user_data, seeds, pad_to=config.chunk_size)
+
+        metrics, trajectories = compute() if guard is None else guard(compute, seeds)
+        yield seeds, metrics, trajectories, time.perf_counter() - began
+
+
+def kept_trajectories(config: CompareConfig, trajectories: dict) -> dict:
+    """The trajectories a run keeps: those of its first `config.keep` seeds."""
+    return {name: value[: config.keep] for name, value in trajectories.items()}
+
+
 def compare(config: CompareConfig, seeds=None, *, progress=None):
     """Runs the comparison for `seeds` (default `range(config.seeds)`), chunk by chunk,
     in memory. Returns `(metrics, trajectories)`: per-seed metric arrays, and the
@@ -457,15 +479,14 @@ def compare(config: CompareConfig, seeds=None, *, progress=None):
     check_fits_in_memory(config)
     config, user_data = resolve_data(config)
     seeds = np.arange(config.seeds) if seeds is None else np.asarray(seeds, np.int64)
+    chunks = [seeds[start : start + config.chunk_size] for start in range(0, len(seeds), config.chunk_size)]
     parts, kept = [], None
-    for start in range(0, len(seeds), config.chunk_size):
-        chunk = seeds[start : start + config.chunk_size]
-        metrics, trajectories = run_chunk(config, user_data, chunk, pad_to=config.chunk_size)
+    for count, (_, metrics, trajectories, _) in enumerate(chunk_results(config, user_data, chunks)):
         parts.append(metrics)
-        if start == 0:
-            kept = {name: value[: config.keep] for name, value in trajectories.items()}
+        if count == 0:
+            kept = kept_trajectories(config, trajectories)
         if progress is not None:
-            progress(start // config.chunk_size + 1, math.ceil(len(seeds) / config.chunk_size))
+            progress(count + 1, len(chunks))
     merged = {name: np.concatenate([part[name] for part in parts]) for name in parts[0]}
     return merged, kept
 

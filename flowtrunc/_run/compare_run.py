@@ -4,12 +4,11 @@ multi-process run process 0 writes every file."""
 import os
 import shutil
 import sys
-import time
 
 import jax
 import numpy as np
 
-from .._experiment.comparison import check_fits_in_memory, resolve_data, run_chunk
+from .._experiment.comparison import check_fits_in_memory, chunk_results, kept_trajectories, resolve_data
 from .._experiment.config import DEVICE_CHOSEN, CompareConfig
 from .chunks import (
     check_chunks,
@@ -107,28 +106,28 @@ def _run_chunks(config, user_data, out_dir, max_chunks, progress, covered, stall
     bar = progress if isinstance(progress, Progress) else Progress(config.seeds, enabled=progress and leader)
     bar.skip(config.seeds - sum(stop - start for start, stop in todo))
     fingerprint = run_fingerprint(out_dir) if leader else None
-    for count, (start, stop) in enumerate(todo):
-        if max_chunks is not None and count >= max_chunks:
-            return False
-        if count == 0:
-            bar.compiling()
-        began = time.perf_counter()
-        seeds = np.arange(start, stop)
-        metrics, trajectories = watched(
-            lambda: run_chunk(config, user_data, seeds, pad_to=config.chunk_size),
-            stall_timeout,
-            f"the chunk of seeds {start}..{stop - 1}",
-        )
-        seconds = time.perf_counter() - began
+    chunks = [np.arange(start, stop) for start, stop in todo[:max_chunks]]
+    if chunks:
+        bar.compiling()
+
+    def guard(compute, seeds):
+        return watched(compute, stall_timeout, f"the chunk of seeds {seeds[0]}..{seeds[-1]}")
+
+    for count, (seeds, metrics, trajectories, seconds) in enumerate(
+        chunk_results(config, user_data, chunks, guard)
+    ):
+        start, stop = int(seeds[0]), int(seeds[-1]) + 1
         if leader:
             if start == 0 and config.keep > 0:
-                kept = {name: value[: config.keep] for name, value in trajectories.items()}
+                kept = kept_trajectories(config, trajectories)
                 kept["fingerprint"] = np.asarray(fingerprint)
                 write_atomic(os.path.join(out_dir, TRAJECTORIES), lambda p: save_npz(p, kept))
             path = os.path.join(out_dir, "chunks", chunk_name(start, stop))
             stamp = {"chunk_seconds": np.float64(seconds), "fingerprint": np.asarray(fingerprint)}
             write_atomic(path, lambda p: save_npz(p, {**metrics, **stamp}))
         bar.chunk_done(stop - start, seconds, first=count == 0)
+    if len(chunks) < len(todo):
+        return False  # stopped after `max_chunks` new chunks
     if leader:
         finish(out_dir)
     return True
