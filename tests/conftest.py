@@ -31,6 +31,25 @@ def pytest_unconfigure(config):
         shutil.rmtree(os.environ.pop(compile_cache.ENVIRONMENT), ignore_errors=True)
 
 
+@pytest.fixture(autouse=True)
+def _annotations_checked_unless_wrong_types(request):
+    """The suite checks every annotation at run time (jaxtyping + beartype, pyproject's
+    addopts). A test marked `wrong_types` passes wrongly typed arguments on purpose, to
+    show the library's own message naming the argument and the fix, which the annotation
+    check would pre-empt; for it alone the check is off."""
+    import jaxtyping
+
+    if request.node.get_closest_marker("wrong_types") is None:
+        yield
+        return
+    before = jaxtyping.config.jaxtyping_disable
+    jaxtyping.config.update("jaxtyping_disable", True)
+    try:
+        yield
+    finally:
+        jaxtyping.config.update("jaxtyping_disable", before)
+
+
 @pytest.fixture(params=[0, 1, 2])
 def seed(request):
     """A seed that shows in the test id, so a failure names it."""

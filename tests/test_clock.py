@@ -135,6 +135,7 @@ def test_end_state_without_times_equals_end_state_with_times():
     assert np.asarray(full.collapsed).any() and at_start.any()
 
 
+@pytest.mark.wrong_types
 @pytest.mark.parametrize("value", ["yes", 1, None])
 def test_with_times_must_be_a_bool(value):
     net, data = problem(jax.random.key(0))

@@ -111,6 +111,7 @@ def test_generator_rejects_bad_config():
         ft.make_clusters(key, spread=0.0)
 
 
+@pytest.mark.wrong_types
 def test_cost_rejects_mismatched_data(key):
     net = random_adapted_net(key, 2, 3)
     data = ft.make_clusters(key, dim=2)
@@ -145,6 +146,7 @@ def test_staircase_statistics_in_the_frame(key):
     assert np.allclose(np.asarray(data.targets) @ frame.T, 2.0 * np.arange(3)[:, None] + 0.7, atol=1e-12)
 
 
+@pytest.mark.wrong_types
 def test_staircase_rejects_bad_config(key):
     frame = np.eye(2)
     with pytest.raises(ValueError, match=r"`num_points` \(2\) must be >= `num_clusters` \(3\)"):

@@ -86,6 +86,7 @@ def test_ties_make_the_lower_layer_field_tangent(key):
     assert np.allclose(column[3], column[1], rtol=1e-14)
 
 
+@pytest.mark.wrong_types
 def test_field_rejects_general_net(key):
     net, data = problem(key)
     with pytest.raises(ValueError, match="`effective_field` needs an AdaptedReLUNet"):

@@ -88,6 +88,7 @@ def test_cost_split_in_frame_coordinates(key):
     assert np.isclose(ft.input_cost(net, data, method="forward"), split.sum(), rtol=1e-12)
 
 
+@pytest.mark.wrong_types
 def test_truncation_map_rejects_bad_input():
     with pytest.raises(ValueError, match=r"`weights` must have shape \(M, M\)"):
         ft.truncation_map(np.eye(3), np.zeros(2), np.zeros((4, 2)))
@@ -99,6 +100,7 @@ def test_truncation_map_rejects_bad_input():
         ft.truncation_map(np.eye(2), np.zeros(2), np.array([[np.nan, 0.0]]))
 
 
+@pytest.mark.wrong_types
 def test_input_layer_rejects_bad_input(key):
     net = random_adapted_net(key, 2, 2)
     with pytest.raises(ValueError, match=r"`layer` must be an int in 0..2"):

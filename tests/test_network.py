@@ -129,6 +129,7 @@ def test_general_rejects_bad_input(weights, biases, match):
         ft.ReLUNet(weights=weights, biases=biases)
 
 
+@pytest.mark.wrong_types
 def test_random_rejects_bad_config(key):
     with pytest.raises(ValueError, match="`depth` must be a positive int"):
         ft.AdaptedReLUNet.random(key, 0, 2)
@@ -138,6 +139,7 @@ def test_random_rejects_bad_config(key):
         ft.AdaptedReLUNet.random(key, 2, 2, bias_scale=-1.0)
 
 
+@pytest.mark.wrong_types
 def test_forward_rejects_wrong_width(key):
     with pytest.raises(ValueError, match="`x` has 3 features but the network has width 2"):
         random_adapted_net(key, 2, 2)(np.zeros((4, 3)))

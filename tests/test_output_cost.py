@@ -265,6 +265,7 @@ def test_contradictory_or_bad_output_settings_are_refused(settings, message):
         ),
     ],
 )
+@pytest.mark.wrong_types
 def test_bad_training_cost_arguments_are_named(default, arguments, message):
     net, data = default
     with pytest.raises(ValueError, match=message):

@@ -4,6 +4,7 @@ import dataclasses
 import errno
 import json
 import os
+import pathlib
 import re
 
 import jax
@@ -81,7 +82,7 @@ def test_resume_refuses_changed_data_and_records_provenance(tmp_path, capsys):
     config = CompareConfig(**{**TINY, "data": str(data)})
     out = str(tmp_path / "run")
     assert not run_compare(config, out, max_chunks=1, progress=False)
-    saved = json.loads(open(os.path.join(out, "config.json")).read())["provenance"]
+    saved = json.loads(pathlib.Path(os.path.join(out, "config.json")).read_text())["provenance"]
     assert saved["data_sha256"] == __import__("hashlib").sha256(data.read_bytes()).hexdigest()
     assert saved["versions"]["flowtrunc"] == ft.__version__
     np.savez(data, x=rng.normal(size=(10, 2)), labels=np.arange(10) % 2)  # same shape, new data
@@ -245,6 +246,7 @@ def test_classes_collapsed_at_start_are_counted_apart(tmp_path):
         ({"seeds": 2.5}, "`seeds` must be an integer"),
     ],
 )
+@pytest.mark.wrong_types
 def test_config_type_errors_name_the_key(tmp_path, capsys, settings, message):
     path = tmp_path / "bad.json"
     path.write_text(json.dumps({**TINY, **settings}))
@@ -286,6 +288,7 @@ def test_unwritable_out_is_a_clear_error(tmp_path, capsys, monkeypatch):
     )
 
 
+@pytest.mark.wrong_types
 def test_int_key_is_refused():
     with pytest.raises(ValueError, match=r"`key` must be a JAX PRNG key, e.g. jax.random.key\(0\)"):
         ft.AdaptedReLUNet.random(0, 2, 2)
@@ -341,7 +344,7 @@ def test_progress_shows_compilation_then_an_eta(tmp_path, capsys):
 
 
 def test_summary_json_describes_every_key_and_the_console_shows_worst_seeds(reference, capsys):
-    summary = json.loads(open(os.path.join(reference, "summary.json")).read())
+    summary = json.loads(pathlib.Path(os.path.join(reference, "summary.json")).read_text())
     assert set(summary["descriptions"]) == set(summary) == set(DESCRIPTIONS)
     assert summary["versions"]["jax"] == jax.__version__ and summary["data_sha256"] is None
     assert summary["wall_time_s"] > 0
@@ -365,7 +368,7 @@ def test_figures_have_units_residuals_and_every_coordinate(reference):
 
     matplotlib.use("Agg")
     config, origin, metrics, trajectories = load_run(reference)
-    summary = json.loads(open(os.path.join(reference, "summary.json")).read())
+    summary = json.loads(pathlib.Path(os.path.join(reference, "summary.json")).read_text())
     drawn = dict(figures(config, metrics, trajectories, summary))
     assert set(drawn) == {"errors.png", "thresholds.png", "cost.png", "truncation.png", "plane.png"}
     assert os.path.isfile(os.path.join(reference, "figures", "truncation.gif"))
@@ -401,7 +404,7 @@ def test_figures_on_four_dimensional_data_and_failures(tmp_path):
     assert run_compare(CompareConfig(**{**TINY, "data": str(path)}), out, progress=False)
     config, origin, metrics, trajectories = load_run(out)
     metrics["train_result"][0] = 4  # mark the first kept seed failed
-    summary = json.loads(open(os.path.join(out, "summary.json")).read())
+    summary = json.loads(pathlib.Path(os.path.join(out, "summary.json")).read_text())
     drawn = dict(figures(config, metrics, trajectories, summary))
     assert "plane.png" not in drawn
     thresholds = drawn["thresholds.png"]
@@ -456,7 +459,7 @@ def test_the_learning_rate_advice_follows_from_the_failing_seeds(bounds, expecte
 def test_summary_json_states_inf_and_nan(tmp_path):
     path = str(tmp_path / "summary.json")
     files.write_json(path, {"a": float("inf"), "b": [float("nan"), 1.5], "c": {"d": np.float64(-np.inf)}})
-    assert json.loads(open(path).read()) == {"a": "inf", "b": ["nan", 1.5], "c": {"d": "-inf"}}
+    assert json.loads(pathlib.Path(path).read_text()) == {"a": "inf", "b": ["nan", 1.5], "c": {"d": "-inf"}}
 
 
 def test_a_figure_that_cannot_be_drawn_is_named_and_the_run_kept(tmp_path, reference, monkeypatch, capsys):
@@ -520,7 +523,7 @@ def test_training_that_leaves_its_stability_bound_mid_run_is_unstable(tmp_path, 
     assert np.all(metrics["stability_bound_run"][left] < 1.25)
     assert np.all((metrics["unstable_from"][left] > 0) & (metrics["unstable_from"][left] <= 5.0))
     assert np.all(metrics["stability_bound_run"][~left] >= 1.25)
-    summary = json.loads(open(os.path.join(out, "summary.json")).read())
+    summary = json.loads(pathlib.Path(os.path.join(out, "summary.json")).read_text())
     fix = next(f["fix"] for f in summary["failures"] if f["code"] == "unstable")
     assert float(re.search(r"below ([0-9.e-]+)", fix)[1]) < 1.25, fix
 

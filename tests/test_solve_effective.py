@@ -291,6 +291,7 @@ def test_float32_matches_float64_reference(batch):
             assert np.allclose(sol32.thresholds, sol64.thresholds, rtol=1e-3, atol=1e-3)
 
 
+@pytest.mark.wrong_types
 def test_solver_rejects_bad_input():
     net, data = problem(jax.random.key(43))  # refused before anything is compiled
     with pytest.raises(ValueError, match="`solve_effective` needs an AdaptedReLUNet"):

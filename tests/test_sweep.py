@@ -3,6 +3,7 @@
 import dataclasses
 import json
 import os
+import pathlib
 
 import numpy as np
 import pytest
@@ -48,7 +49,10 @@ def test_interrupted_and_resumed_sweep_gives_the_same_table(swept, tmp_path):
     assert not run_sweep(CompareConfig(**TINY), GRID, out, max_points=1, progress=False)
     assert not os.path.exists(os.path.join(out, "table.csv"))
     assert run_sweep(CompareConfig(**TINY), GRID, out, resume=True, progress=False)
-    assert open(os.path.join(out, "table.csv")).read() == open(os.path.join(swept, "table.csv")).read()
+    assert (
+        pathlib.Path(os.path.join(out, "table.csv")).read_text()
+        == pathlib.Path(os.path.join(swept, "table.csv")).read_text()
+    )
     with pytest.raises(ValueError, match="made with another grid"):
         run_sweep(CompareConfig(**TINY), {"lr": [0.02]}, out, resume=True, progress=False)
 

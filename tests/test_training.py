@@ -188,6 +188,7 @@ def test_minibatch_and_other_optimizers(default):
     assert int(adam.result) == 0 and float(adam.cost[-1]) < float(adam.cost[0])
 
 
+@pytest.mark.wrong_types
 def test_training_rejects_bad_input(default):
     net, data = default
     with pytest.raises(ValueError, match="`lr` must be a positive number"):
@@ -216,6 +217,7 @@ def test_training_rejects_bad_input(default):
         ft.gradient_flow(net, data, ts=jnp.array([1.0, 0.0]))
 
 
+@pytest.mark.wrong_types
 def test_stability_bound_rejects_bad_input(default):
     net, data = default
     with pytest.raises(ValueError, match="`mode` must be 'adapted' or 'unconstrained'"):

@@ -115,7 +115,7 @@ VALUE_SETTINGS = (
 )
 
 
-def float_dtype(config: CompareConfig):
+def float_dtype(config: "CompareConfig | _ValueView"):
     """The float type of `config.precision` (chosen from the device when unset)."""
     return jnp.float64 if config.on_device().precision == 64 else jnp.float32
 

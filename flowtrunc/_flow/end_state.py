@@ -1,5 +1,6 @@
 """Where the effective flow ends as t → ∞, and when, without integrating in time."""
 
+import diffrax
 import equinox as eqx
 import jax
 import jax.numpy as jnp
@@ -57,7 +58,7 @@ def end_state(
     *,
     train_weights: bool = True,
     parameterisation: str = "direct",
-    solver: OrbitClock | None = None,
+    solver: OrbitClock | diffrax.AbstractSolver | None = None,  # a diffrax solver: deprecated
     with_times: bool = True,
     rtol: float | None = None,
     atol: float | None = None,

@@ -71,7 +71,7 @@ def solve_effective(
     t1=None,
     train_weights: bool = True,
     parameterisation: str = "direct",
-    solver: OrbitClock | EventLoop | None = None,
+    solver: OrbitClock | EventLoop | diffrax.AbstractSolver | None = None,  # a diffrax solver: deprecated
     max_events: int | None = None,
     method: str | None = None,
     rtol: float | None = None,

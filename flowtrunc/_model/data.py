@@ -207,10 +207,10 @@ def make_staircase(
     *,
     num_points: int = 60,
     num_clusters: int = 3,
-    spread: float = 0.25,
-    separation: float = 2.5,
-    jitter: float = 0.3,
-    target_offset: float = 1.0,
+    spread: float | Array = 0.25,
+    separation: float | Array = 2.5,
+    jitter: float | Array = 0.3,
+    target_offset: float | Array = 1.0,
     dtype=None,
 ) -> Dataset:
     r"""Clusters stacked along the diagonal of a frame: the collapse scenario.

@@ -11,7 +11,7 @@ References: T. Chen, arXiv:2501.07400, section 2.
 import jax.numpy as jnp
 from jax import lax
 
-from .._custom_types import Array, Float
+from .._custom_types import Array, ArrayLike, Float
 from .._linalg import matmul, solve
 from .._validate import check_finite, check_invertible, float_array
 from .network import AbstractReLUNet, AdaptedReLUNet
@@ -41,9 +41,9 @@ def cumulative(
 
 
 def truncation_map(
-    weights: Float[Array, "width width"],
-    biases: Float[Array, " width"],
-    x: Float[Array, "*batch width"],
+    weights: ArrayLike,
+    biases: ArrayLike,
+    x: ArrayLike,
 ) -> Float[Array, "*batch width"]:
     r"""$\tau_{W,b}(x) = W^{-1}(\mathrm{relu}(Wx + b) - b)$ for `x` of shape `(N, M)` or `(M,)`.
 
@@ -98,7 +98,7 @@ def _resolve_layer(layer, depth: int) -> int:
 
 def input_layer(
     net: AbstractReLUNet,
-    x: Float[Array, "*batch width"],
+    x: ArrayLike,
     layer: int | None = None,
     *,
     method: str = "closed_form",

@@ -11,7 +11,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from .._custom_types import Array, Float, PRNGKeyArray
+from .._custom_types import Array, ArrayLike, Float, PRNGKeyArray
 from .._linalg import matmul, orthonormal_columns
 from .._random import standard_normal
 from .._validate import (
@@ -47,7 +47,7 @@ class AbstractReLUNet(eqx.Module):
     ) -> tuple[Float[Array, "depth width width"], Float[Array, "depth width"]]:
         """The cumulative parameters `(W^(l), b^(l))`, shapes `(L, M, M)` and `(L, M)`."""
 
-    def hidden_layers(self, x: Float[Array, "*batch width"]) -> Float[Array, "depth *batch width"]:
+    def hidden_layers(self, x: ArrayLike) -> Float[Array, "depth *batch width"]:
         """Every hidden layer `x^(l)`, l = 1..L, of the real forward pass."""
         x = float_array("x", x)
         if x.shape[-1] != self.width:
@@ -62,7 +62,7 @@ class AbstractReLUNet(eqx.Module):
         _, layers = lax.scan(step, flat, (self.layer_weights(), self.biases))
         return layers.reshape((self.depth,) + x.shape)
 
-    def __call__(self, x: Float[Array, "*batch width"]) -> Float[Array, "*batch width"]:
+    def __call__(self, x: ArrayLike) -> Float[Array, "*batch width"]:
         """The last hidden layer `x^(L)` for inputs of shape `(N, M)` or `(M,)`."""
         return self.hidden_layers(x)[-1]
 
@@ -176,8 +176,8 @@ class AdaptedReLUNet(AbstractReLUNet):
         depth: int,
         width: int,
         *,
-        scale_spread: float = 0.1,
-        bias_scale: float = 0.1,
+        scale_spread: float | Array = 0.1,
+        bias_scale: float | Array = 0.1,
         dtype=None,
     ) -> "AdaptedReLUNet":
         """Draws a random adapted network.

@@ -15,6 +15,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from .._custom_types import Array
 from .._linalg import matmul, orthonormal_columns, solve
 from .._random import standard_normal
 from .._validate import (
@@ -58,7 +59,7 @@ class OutputLayer(eqx.Module):
         self.weight, self.bias = weight.astype(dtype), bias.astype(dtype)
 
     @classmethod
-    def random(cls, key, width: int, *, condition: float = 1.0, dtype=None) -> "OutputLayer":
+    def random(cls, key, width: int, *, condition: float | Array = 1.0, dtype=None) -> "OutputLayer":
         """`U diag(σ) Vᵀ` with Haar `U`, `V` and singular values `σ` log-spaced over
         `[condition^{-1/2}, condition^{1/2}]` (condition number `condition`, geometric mean
         1); zero bias. `condition = 1` gives an orthogonal matrix."""
@@ -110,7 +111,13 @@ class AdaptedOutputLayer(eqx.Module):
 
     @classmethod
     def random(
-        cls, key, width: int, *, scale_spread: float = 0.1, bias_scale: float = 0.1, dtype=None
+        cls,
+        key,
+        width: int,
+        *,
+        scale_spread: float | Array = 0.1,
+        bias_scale: float | Array = 0.1,
+        dtype=None,
     ) -> "AdaptedOutputLayer":
         """Haar `Q`, scales `exp(scale_spread z)`, bias `bias_scale z` (z standard normal),
         as `AdaptedReLUNet.random` draws the hidden layers."""
@@ -185,7 +192,7 @@ def check_adapted_output(layer, width: int) -> None:
         )
 
 
-def output_cost(net: AbstractReLUNet, layer: OutputLayer, data: Dataset) -> jax.Array:
+def output_cost(net: AbstractReLUNet, layer: "OutputLayer | AdaptedOutputLayer", data: Dataset) -> jax.Array:
     """The usual cost `(1/2N) Σ |A(x_j^(L)) − y_j|²` from the forward pass; the dataset's
     targets are output-space targets `y_q`."""
     check_data(net, data)

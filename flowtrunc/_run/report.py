@@ -339,7 +339,7 @@ def _truncation(plt, metrics, tr):
     return fig
 
 
-def plane_points(tr, key: str, s: int, i: int):
+def plane_points(tr, key: str, s: int | np.integer, i: int | np.integer):
     """Seed `s`'s data after the truncation of save `i`, in input space (M = 2)."""
     star = tr[key][s, i].max(axis=0)
     return np.maximum(tr["u"][s], star[None]) @ tr["frame"][s]

@@ -28,7 +28,7 @@ def axis_label(key: str) -> str:
 
 def _spans_decades(values) -> bool:
     values = np.asarray([v for v in values if isinstance(v, (int, float)) and np.isfinite(v)], float)
-    return values.size > 1 and np.all(values > 0) and values.max() > 10 * values.min()
+    return bool(values.size > 1 and np.all(values > 0) and values.max() > 10 * values.min())
 
 
 def draw_sweep(out_dir: str, keys: list[str], rows: list[dict]) -> list[str]:
