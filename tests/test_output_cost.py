@@ -78,6 +78,7 @@ def test_identity_output_layer_frozen_is_plain_descent_on_the_forward_cost(defau
     np.testing.assert_allclose(run.pulled_targets, expected, rtol=0, atol=16 * width * kappa * EPS * size)
 
 
+@pytest.mark.slow  # compiles training programs of its own: 23 s on 2 cores (tests/README.md)
 def test_a_trained_output_layer_takes_the_closed_form_step(default):
     """One step on the output layer: `W_o ← W_o − lr (1/N) Σ r_j h_jᵀ`, `b_o ← b_o − lr (1/N) Σ r_j`,
     `r_j = W_o h_j + b_o − y_j`, h the last hidden layer (NumPy forward pass). Error model:

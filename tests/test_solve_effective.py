@@ -339,6 +339,7 @@ def test_solver_rejects_bad_input():
         ft.Dataset(x=np.array([[np.nan, 0.0]]), labels=np.array([0]))
 
 
+@pytest.mark.slow  # compiles a program per deprecated keyword: 31 s on 2 cores (tests/README.md)
 def test_the_keywords_of_version_0_1_still_work_with_a_warning_naming_the_replacement():
     """`method=`, `rtol=`, `atol=`, `max_steps=`, `max_segments=` and a diffrax solver as
     `solver=` are deprecated for one version: same numbers as the solver objects, bit for bit."""

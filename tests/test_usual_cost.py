@@ -67,6 +67,7 @@ def test_usual_cost_is_the_sum_of_its_coordinate_costs():
     assert np.all(np.asarray(direct) > 1e-3)  # not a trivially zero cost
 
 
+@pytest.mark.slow  # compiles the field and the network's cost per case: 28 s for the first on 2 cores
 @pytest.mark.parametrize("parameterisation", ["direct", "log"])
 @pytest.mark.parametrize("train_weights", [True, False], ids=["trained", "frozen"])
 def test_field_equals_autodiff_pushforward(train_weights, parameterisation):
