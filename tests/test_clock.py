@@ -61,7 +61,7 @@ def _orbit(solver, key=3):
     direction = jnp.asarray(1.0)  # the first coordinate, rising for a path length of 3
     tools = orbit_tools(jnp.float64, 1e-10, 1e-12, solver)
     orbit = orbit_module.solve_orbit(
-        theta[:, 0], scales[:, 0], direction, jnp.asarray(3.0), train_weights=True, max_steps=256, **tools
+        theta[:, 0], scales[:, 0], direction, jnp.asarray(3.0), motion="direct", max_steps=256, **tools
     )
     return orbit, start_layer(theta[:, :1], direction[None])[0]
 

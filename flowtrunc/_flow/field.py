@@ -63,7 +63,7 @@ def active_layer(theta: Float[Array, "depth width"]) -> Int[Array, " width"]:
     return jnp.argmax(theta, axis=0).astype(jnp.int32)
 
 
-def start_layer(theta: Float[Array, "depth width"], direction: Int[Array, " width"]) -> Int[Array, " width"]:
+def start_layer(theta: Float[Array, "depth width"], direction: Array) -> Int[Array, " width"]:
     """The active layer at a state: at a tie, gradient descent moves the highest tied
     layer (ReLU' = 0 at 0); if θ* rises that layer pulls ahead, if it falls the lowest
     tied layer takes over at once (docs/theory.md §5). So: highest tied when rising,

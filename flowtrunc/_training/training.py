@@ -279,7 +279,7 @@ def stability_bound(
     parameterisation: str = "direct",
     iterations: int = 50,
     cost: str = "input",
-    output_layer: OutputLayer | None = None,
+    output_layer: OutputLayer | AdaptedOutputLayer | None = None,
     train_output: bool | None = None,
 ):
     r"""Largest stable gradient-descent step, `2/λ_max`, with λ_max the top eigenvalue of the
@@ -344,7 +344,7 @@ def train(
     parameterisation: str = "direct",
     start: ReLUNet | None = None,
     cost: str = "input",
-    output_layer: OutputLayer | None = None,
+    output_layer: OutputLayer | AdaptedOutputLayer | None = None,
     train_output: bool | None = None,
     output_start: OutputLayer | None = None,
 ) -> TrainingRun:
