@@ -53,17 +53,22 @@ def test_piece_integral_against_a_150_digit_reference(degree):
     assert worst < 5e-12, worst
 
 
-def _orbit(solver, key=3):
+def _orbit(solver, key=3, max_steps=256, coordinate=0, direction=1.0):
+    """One coordinate's orbit over a path length of 3 (by default the first, rising)."""
     from flowtrunc._flow.solve import prepare_inputs
 
     net, data = problem(jax.random.key(key))
     _, theta, scales, *_ = prepare_inputs(net, data, jnp.zeros(1), None, None, None, "test")
-    direction = jnp.asarray(1.0)  # the first coordinate, rising for a path length of 3
+    theta, scales, direction = (
+        theta[:, coordinate : coordinate + 1],
+        scales[:, coordinate],
+        jnp.asarray(direction),
+    )
     tools = orbit_tools(jnp.float64, 1e-10, 1e-12, solver)
     orbit = orbit_module.solve_orbit(
-        theta[:, 0], scales[:, 0], direction, jnp.asarray(3.0), motion="direct", max_steps=256, **tools
+        theta[:, 0], scales, direction, jnp.asarray(3.0), motion="direct", max_steps=max_steps, **tools
     )
-    return orbit, start_layer(theta[:, :1], direction[None])[0]
+    return orbit, start_layer(theta, direction[None])[0]
 
 
 @pytest.mark.slow  # compiles programs of its own: 53 s on 2 cores (tests/README.md)
@@ -73,20 +78,39 @@ def test_step_polynomials_are_the_dense_output_of_h(solver):
     condition number at degree ≤ 7 is < 100), so the degree table is right; and h tracks
     1/Γ of the interpolated state to the solver tolerance."""
     orbit, active = _orbit(solver)
-    segments, steps = np.nonzero(np.isfinite(np.asarray(orbit.step_starts)))
-    assert segments.size >= 3
+    (steps,) = np.nonzero(np.isfinite(np.asarray(orbit.starts)))
+    assert steps.size >= 3
+    assert np.all(np.diff(np.asarray(orbit.starts)[steps]) > 0)
     rng = np.random.default_rng(0)
-    for segment, step in zip(segments, steps):
-        t0, t1 = float(orbit.step_starts[segment, step]), float(orbit.step_ends[segment, step])
-        index = int(np.flatnonzero(np.asarray(orbit.starts) == t0)[0])  # the step in s order
+    for index in steps:
+        t0, t1 = float(orbit.starts[index]), float(orbit.ends[index])
         s = t0 + (t1 - t0) * rng.uniform(0, 1, 5)
-        info = jax.tree.map(lambda a: a[segment, step], orbit.infos)
+        info = jax.tree.map(lambda a: a[index], orbit.infos)
         dense = jax.vmap(orbit.interpolation_cls(t0=t0, t1=t1, **info).evaluate)(jnp.asarray(s))[2]
         ours = clock_module._horner(orbit.polynomials[index], jnp.asarray(2 * (s - t0) / (t1 - t0) - 1))
         assert np.max(np.abs(np.asarray(ours - dense))) < 1e3 * EPS * float(np.max(np.abs(dense)))
         theta, scales = jax.vmap(orbit.state)(jnp.asarray(s))
         exact = 1.0 / jax.vmap(lambda th, sc: orbit_module.star_rate(th, sc, active, "direct"))(theta, scales)
         assert np.max(np.abs(np.asarray(dense - exact) / exact)) < 1e-6  # rtol 1e-10 over ≤ 100 steps
+
+
+@pytest.mark.slow  # traces the orbit three times: ~40 s on 2 cores
+def test_max_steps_bounds_the_steps_of_all_segments_together():
+    """The orbit is solved in chunks of 32 steps through all its segments; its step budget
+    is the total. With exactly the steps it takes it succeeds with the same steps and the
+    same end; one fewer fails (a count, not a tolerance: the step sequence is the same)."""
+    falling = dict(key=7, coordinate=0, direction=-1.0)  # 89 steps, two layer switches
+    orbit, _ = _orbit(diffrax.Tsit5(), **falling)
+    steps = int(orbit.num_steps)
+    segments = int(np.isfinite(np.asarray(orbit.segment_starts)).sum())
+    assert (
+        bool(orbit.ok) and segments >= 3 and steps > 2 * orbit_module.CHUNK_STEPS
+    )  # restarts inside segments
+    exact, _ = _orbit(diffrax.Tsit5(), max_steps=steps, **falling)
+    assert bool(exact.ok) and int(exact.num_steps) == steps
+    assert all(np.array_equal(a, b) for a, b in zip(exact.end, orbit.end))
+    short, _ = _orbit(diffrax.Tsit5(), max_steps=steps - 1, **falling)
+    assert not bool(short.ok)
 
 
 @pytest.mark.slow  # compiles programs of its own: 60 s on 2 cores (tests/README.md)

@@ -7,7 +7,7 @@ asymptote, $c \ge b$), $-g = (n/N)(c - s)$ and
 
 $$\Delta t = \frac{N}{n}\int_a^b \frac{h(s)}{c - s}\,ds, \qquad h = 1/\Gamma_{\ell^*\ell^*}.$$
 
-The orbit carries h as a state component (`_orbit.py`), so on each solver step h is the
+The orbit carries h as a state component (`orbit.py`), so on each solver step h is the
 step's dense output: a polynomial $P$ of degree D ≤ 7 in the step's local $x \in [-1, 1]$,
 and $ds/(c - s) = dx/(z - x)$ with $z$ the local coordinate of c. Then, exactly,
 

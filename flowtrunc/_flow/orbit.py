@@ -15,9 +15,11 @@ every segment, merged into one piecewise polynomial in s.
 The state carries a third component, $h = 1/\Gamma_{\ell^*\ell^*}$, with
 $dh/d\theta^* = -h^2\,\nabla\Gamma_{\ell^*\ell^*}\cdot dy/d\theta^*$ (one JVP), so the
 solver's error control covers it and its dense output is a polynomial in s on every step:
-the clock (`_clock.py`) integrates those polynomials in closed form and never evaluates
+the clock (`clock.py`) integrates those polynomials in closed form and never evaluates
 the orbit again.
 """
+
+from collections.abc import Callable
 
 import diffrax
 import equinox as eqx
@@ -61,6 +63,7 @@ def _switch_distance(t, y, args, **kwargs):
 _DEGREES = {"_Tsit5Interpolation": 4, "_Dopri5Interpolation": 4, "_Dopri8Interpolation": 7}
 _HERMITE_DEGREE = 3  # ThirdOrderHermitePolynomialInterpolation.from_k (Bosh3, Heun, implicit RK, ...)
 _FALLBACK_DEGREE = 7
+CHUNK_STEPS = 32  # solver steps per diffrax solve of an orbit segment (one dense buffer)
 
 
 def interpolant_degree(interpolation_cls) -> int:
@@ -102,33 +105,31 @@ def step_polynomials(interpolation_cls, infos, dtype):
 
 
 class Orbit(eqx.Module):
-    """One coordinate's orbit on s ∈ [0, length]: the solver steps of every segment
-    between layer switches (`step_starts`, `step_ends` and dense `infos`, `(L, S, ...)`,
-    unused slots at inf), the same steps merged in s with the `polynomials` of h on each
-    (for the clock), and the segments themselves."""
+    """One coordinate's orbit on s ∈ [0, length]: its solver steps in s order (`starts`,
+    `ends`, dense `infos` and the `polynomials` of h on each; unused slots at inf), the
+    segments between layer switches, and the state at `length`. Solved with `dense=False`,
+    only the segments and the end are kept (the step fields are None)."""
 
-    starts: jax.Array  # (L·S,) merged step starts, ascending, inf for unused slots
-    ends: jax.Array  # (L·S,)
-    polynomials: jax.Array  # (L·S, degree + 1) monomials of h in each step's x ∈ [-1, 1]
-    step_starts: jax.Array  # (L, S) per segment
-    step_ends: jax.Array  # (L, S)
-    infos: dict  # dense output per segment and step, leaves (L, S, ...)
+    starts: jax.Array | None  # (P,) step starts, ascending, inf for unused slots
+    ends: jax.Array | None  # (P,)
+    polynomials: jax.Array | None  # (P, degree + 1) monomials of h in each step's x ∈ [-1, 1]
+    infos: dict | None  # dense output per step, leaves (P, ...)
     segment_starts: jax.Array  # (L,) s where each segment begins, inf if unused
-    segment_layers: jax.Array  # (L,) active layer of each segment
+    segment_layers: jax.Array  # (L,) active layer of each segment (unused: the last one)
     y0: tuple
+    end: tuple  # (theta, scales) (L,) at s = length: the last solver step's state
     num_steps: jax.Array
     ok: jax.Array
-    interpolation_cls: type = eqx.field(static=True)
+    # a class, or a constructor such as ThirdOrderHermitePolynomialInterpolation.from_k
+    interpolation_cls: Callable = eqx.field(static=True)
 
     def state(self, s):
         """`(theta, scales)` `(L,)` at path length `s`."""
-        segment = jnp.clip(jnp.searchsorted(self.segment_starts, s, side="right") - 1, 0)
-        starts = self.step_starts[segment]
-        index = jnp.clip(jnp.searchsorted(starts, s, side="right") - 1, 0)
-        infos = jax.tree.map(lambda a: a[segment, index], self.infos)
-        local = self.interpolation_cls(t0=starts[index], t1=self.step_ends[segment, index], **infos)
+        index = jnp.clip(jnp.searchsorted(self.starts, s, side="right") - 1, 0)
+        infos = jax.tree.map(lambda a: a[index], self.infos)
+        local = self.interpolation_cls(t0=self.starts[index], t1=self.ends[index], **infos)
         out = local.evaluate(s)[:2]
-        has_steps = jnp.isfinite(self.step_starts[0, 0])
+        has_steps = jnp.isfinite(self.starts[0])
         return jax.tree.map(lambda a, b: jnp.where(has_steps, a, b), out, self.y0)
 
     def layer(self, s):
@@ -137,74 +138,152 @@ class Orbit(eqx.Module):
         return self.segment_layers[index]
 
 
-def solve_orbit(theta, scales, direction, length, *, motion, solver, controller, root_finder, max_steps):
-    """Integrates one coordinate's orbit from s = 0 to `length`, segment by segment."""
+def solve_orbit(
+    theta, scales, direction, length, *, motion, solver, controller, root_finder, max_steps, dense=True
+):
+    """Integrates one coordinate's orbit from s = 0 to `length` in at most `max_steps`
+    solver steps (all segments together). `dense=False` keeps no steps (no polynomials of
+    h, no sort): the segments and the end state only, which is all the end without times
+    needs; the solve is the same, so is its end.
+
+    One loop of diffrax solves of at most `CHUNK_STEPS` steps each: a solve continues the
+    last (state, step size, controller and solver state) or, after a layer switch, starts
+    the next segment. Under `vmap` the batch then steps through its segments together (it
+    runs max(total steps), not the sum over segments of the slowest orbit's steps), and the
+    dense output is a pool of chunks, not L buffers of `max_steps` each."""
     depth = theta.shape[0]
     dtype = theta.dtype
     term = diffrax.ODETerm(lambda s, y, args: orbit_field(s, y, args, motion))
     event = diffrax.Event(_switch_distance, root_finder=root_finder)
     length = length.astype(dtype)
+    direction = direction.astype(dtype)
+    chunk = min(CHUNK_STEPS, max_steps)
+    num_chunks = -(-max_steps // chunk) + depth  # each segment's last chunk may be partial
+    # Dense output always: under `vmap`, diffrax's event root find runs for the whole batch
+    # once any orbit has an event, and then reports for an orbit stopped by its step budget
+    # the end of its last *attempted* step, rejected or not (diffrax 0.7.2); the last
+    # accepted step's `y1` in the dense buffer is the restart point instead.
+    saveat = diffrax.SaveAt(t1=True, dense=True, solver_state=True, controller_state=True)
 
-    def segment(carry, _):
-        s0, (theta0, scales0), active, ok = carry
-        y = (theta0, scales0, 1.0 / star_rate(theta0, scales0, active, motion))
+    def begin(s, theta_s, scales_s, active):
+        """The solver's start of a segment at `s` with `active` the layer of θ*."""
+        y = (theta_s, scales_s, 1.0 / star_rate(theta_s, scales_s, active, motion))
+        args = (active, direction)
+        s_next, controller_state = controller.init(
+            term, s, length, y, None, args, solver.func, solver.error_order(term)
+        )
+        s_next = jnp.minimum(s_next, length)
+        return dict(
+            y=y,
+            dt=s_next - s,
+            controller_state=controller_state,
+            solver_state=solver.init(term, s, s_next, y, args),
+        )
+
+    def piece(state, _):
+        live = ~state["done"]
+        active = state["active"]
         sol = diffrax.diffeqsolve(
             term,
             solver,
-            s0,
-            length,
-            None,
-            y,
-            args=(active, direction.astype(dtype)),
-            saveat=diffrax.SaveAt(t1=True, dense=True),
+            state["s"],
+            jnp.where(live, length, state["s"]),
+            jnp.where(live, state["dt"], 0.0),
+            state["y"],
+            args=(active, direction),
+            saveat=saveat,
             stepsize_controller=controller,
             event=event,
-            max_steps=max_steps,
+            max_steps=chunk,
             throw=False,
+            solver_state=state["solver_state"],
+            controller_state=state["controller_state"],
+            made_jump=False,
         )
         hit = sol.result == diffrax.RESULTS.event_occurred
-        ok = ok & (hit | (sol.result == diffrax.RESULTS.successful))
-        s1 = jnp.where(hit, sol.ts[-1], length)
-        theta1, scales1, _ = (a[-1] for a in sol.ys)
+        more = sol.result == diffrax.RESULTS.max_steps_reached
+        failed = ~(hit | more | (sol.result == diffrax.RESULTS.successful))
+        interp = sol.interpolation
+        accepted = interp.ts_size - 1
+        last = jnp.clip(accepted - 1, 0)
+        restart = more & (accepted > 0)
+        s1 = jnp.where(restart, interp.ts[last + 1], jnp.where(more, state["s"], sol.ts[-1]))
+        theta1, scales1, h1 = (
+            jnp.where(restart, step_end[last], jnp.where(more, start, at_end[-1]))
+            for at_end, step_end, start in zip(sol.ys, interp.infos["y1"], state["y"])
+        )
         lower = jnp.arange(depth) < active
         new_active = jnp.argmax(jnp.where(lower, theta1, -jnp.inf)).astype(jnp.int32)
         # the layer that met θ* takes over, snapped exactly onto it (the tie then persists)
         theta1 = jnp.where(hit & (jnp.arange(depth) == new_active), theta1[active], theta1)
         active1 = jnp.where(hit, new_active, active)
-        interp = sol.interpolation
-        steps = jnp.arange(max_steps)
-        valid = steps < interp.ts_size - 1
-        record = dict(
-            starts=jnp.where(valid, interp.ts[:-1], jnp.inf),
-            ends=interp.ts[1:],
-            infos=interp.infos,
-            segment_start=jnp.where(s0 < length, s0, jnp.inf),
-            layer=active,
-            steps=sol.stats["num_steps"],
+        following = hit & (s1 < length)
+        fresh = begin(s1, theta1, scales1, active1)
+        # a continued solve restarts at the chunk's mean accepted step (the same rule with or
+        # without dense output, so both take the same steps); the controller adapts it
+        going = dict(
+            y=(theta1, scales1, h1),
+            dt=jnp.where(more, (s1 - state["s"]) / jnp.maximum(accepted, 1), state["dt"]),
+            controller_state=sol.controller_state,
+            solver_state=sol.solver_state,
         )
-        return (s1, (theta1, scales1), active1, ok), record
+        segment = state["segment"] + following
+        new = dict(
+            s=s1,
+            **jax.tree.map(lambda a, b: jnp.where(following, a, b), fresh, going),
+            active=active1,
+            segment=segment,
+            segment_starts=jnp.where(
+                following, state["segment_starts"].at[segment].set(s1), state["segment_starts"]
+            ),
+            segment_layers=jnp.where(
+                following & (jnp.arange(depth) >= segment), active1, state["segment_layers"]
+            ),
+            done=failed | ~(more | following),
+            failed=failed,
+            steps=state["steps"] + sol.stats["num_steps"],
+        )
+        record = {}
+        if dense:
+            valid = live & (jnp.arange(chunk) < interp.ts_size - 1)
+            record = dict(
+                starts=jnp.where(valid, interp.ts[:-1], jnp.inf), ends=interp.ts[1:], infos=interp.infos
+            )
+        return jax.tree.map(lambda a, b: jnp.where(live, a, b), new, state), record
 
     active0 = start_layer(theta[:, None], direction[None])[0]
     zero = jnp.zeros((), dtype)
-    carry = (zero, (theta, scales), active0, jnp.array(True))
-    (_, _, _, ok), rec = jax.lax.scan(segment, carry, None, length=depth)
-    # the clock needs only step boundaries and h's polynomials in s order (no dense infos moved)
-    polynomials = jax.vmap(lambda infos: step_polynomials(solver.interpolation_cls, infos, dtype))(
-        rec["infos"]
+    start = dict(
+        s=zero,
+        **begin(zero, theta, scales, active0),
+        active=active0,
+        segment=jnp.zeros((), jnp.int32),
+        segment_starts=jnp.full(depth, jnp.inf, dtype).at[0].set(0.0),
+        segment_layers=jnp.full(depth, active0, jnp.int32),
+        done=length <= 0,
+        failed=jnp.array(False),
+        steps=jnp.zeros((), jnp.int32),
     )
-    starts = rec["starts"].reshape(-1)
-    order = jnp.argsort(starts)
+    final, rec = jax.lax.scan(piece, start, None, length=num_chunks)
+    steps = dict(starts=None, ends=None, polynomials=None, infos=None)
+    if dense:
+        # the steps in s order (partial chunks leave unused slots between them)
+        flat = jax.tree.map(lambda a: a.reshape(-1, *a.shape[2:]), rec)
+        order = jnp.argsort(flat["starts"])
+        flat = jax.tree.map(lambda a: a[order], flat)
+        steps = dict(
+            starts=flat["starts"],
+            ends=flat["ends"],
+            polynomials=step_polynomials(solver.interpolation_cls, flat["infos"], dtype),
+            infos=flat["infos"],
+        )
     return Orbit(
-        starts=starts[order],
-        ends=rec["ends"].reshape(-1)[order],
-        polynomials=polynomials.reshape(-1, polynomials.shape[-1])[order],
-        step_starts=rec["starts"],
-        step_ends=rec["ends"],
-        infos=rec["infos"],
-        segment_starts=rec["segment_start"].at[0].set(0.0),
-        segment_layers=rec["layer"],
+        **steps,
+        segment_starts=final["segment_starts"],
+        segment_layers=final["segment_layers"],
         y0=(theta, scales),
-        num_steps=jnp.sum(rec["steps"]),
-        ok=ok,
+        end=(final["y"][0], final["y"][1]),
+        num_steps=final["steps"],
+        ok=final["done"] & ~final["failed"] & (final["steps"] <= max_steps),
         interpolation_cls=solver.interpolation_cls,
     )

@@ -54,15 +54,19 @@ def coordinate_flow(
     end = coordinate_end(u_sorted, target_sums, theta_star)
     direction = end.direction.astype(theta.dtype)
     length = jnp.abs(end.level - theta_star)
-    orbit = solve_orbit(theta, scales, end.direction, length, motion=motion, max_steps=max_steps, **tools)
+    orbit = solve_orbit(
+        theta, scales, end.direction, length, motion=motion, max_steps=max_steps, dense=with_times, **tools
+    )
     switches = orbit.segment_starts[1:]
 
-    def state(s):
-        """The orbit at `s`, with θ* exact: θ*_0 ± s (the end level itself at the end)."""
-        theta_s, scales_s = orbit.state(s)
+    def exact_star(s, theta_s):
+        """θ* exact on the orbit: θ*_0 ± s (the end level itself at the end)."""
         star = jnp.where(s >= length, end.level, theta_star + direction * s)
-        theta_s = jnp.minimum(theta_s, star).at[orbit.layer(s)].set(star)
-        return theta_s, scales_s
+        return jnp.minimum(theta_s, star).at[orbit.layer(s)].set(star)
+
+    def state(s):
+        theta_s, scales_s = orbit.state(s)
+        return exact_star(s, theta_s), scales_s
 
     level = direction * (u_sorted - theta_star)  # path length of each data coordinate
     final = direction * (end.level - theta_star)
@@ -70,7 +74,8 @@ def coordinate_flow(
     falling = (end.direction < 0) & (level >= 0) & (level < final)
     # a point exactly on an asymptote is reached only as t → ∞
     crosses = (rising | falling) & ~((end.kind == END.asymptote) & (level >= final))
-    end_thresholds, end_scales = state(length)
+    # the end from the last solver step, with or without the dense output (the same bits)
+    end_thresholds, end_scales = exact_star(length, orbit.end[0]), orbit.end[1]
     theta_ts = scales_ts = crossing = switch_times = end_time = None
     if with_times:
         clock = build_clock(

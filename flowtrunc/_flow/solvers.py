@@ -21,7 +21,7 @@ class OrbitClock(eqx.Module):
 
     - `ode_solver`: adaptive diffrax solver of the orbit (default `diffrax.Tsit5()`).
     - `rtol`, `atol`: its PID tolerances (default 1e-10/1e-12 in float64, 1e-6/1e-7 in float32).
-    - `max_steps`: solver steps per orbit segment (default 256).
+    - `max_steps`: solver steps per orbit, all its segments together (default 256).
     """
 
     ode_solver: diffrax.AbstractAdaptiveSolver = diffrax.Tsit5()
