@@ -161,3 +161,21 @@ def test_jax_counts_are_read_by_event(monkeypatch):
     compile_cache._listen()
     jax.monitoring.record_event("/jax/compilation_cache/cache_hits")
     assert compile_cache.counts()["hits"] == before["hits"] + 1
+
+
+@pytest.mark.parametrize("entry", ["solve_effective", "end_state"])
+def test_the_orbit_clock_programs_can_be_exported(entry):
+    """The flow's programs hold no host callback, so the traced-program cache can keep them
+    (a traced first step given to diffrax as `dt0` brought in its run-time check, and with it
+    no compare program was saved any more). Tracing only: nothing is compiled."""
+    import flowtrunc as ft
+    from helpers import problem
+
+    net, data = problem(jax.random.key(0))
+    ts = jnp.linspace(0.0, 2.0, 5)
+    run = {
+        "solve_effective": lambda n, d: ft.solve_effective(n, d, ts=ts).thresholds,
+        "end_state": lambda n, d: ft.end_state(n, d).theta_star,
+    }[entry]
+    exported = jax.export.export(jax.jit(run))(net, data)
+    assert "callback" not in exported.mlir_module()

@@ -104,6 +104,37 @@ def step_polynomials(interpolation_cls, infos, dtype):
     )
 
 
+class _FirstStep(diffrax.AbstractAdaptiveStepSizeController):
+    """`controller`, whose first step is `first_step`. A traced first step given to
+    `diffeqsolve` as `dt0` is checked there with a host callback (`eqx.error_if`), which
+    makes the whole program one that `jax.export` cannot save (`_program_cache`); given
+    here, through `init`, it is not checked, and the steps are the same (t0 + first_step)."""
+
+    controller: diffrax.AbstractAdaptiveStepSizeController
+    first_step: jax.Array
+
+    @property
+    def rtol(self):
+        return self.controller.rtol
+
+    @property
+    def atol(self):
+        return self.controller.atol
+
+    @property
+    def norm(self):
+        return self.controller.norm
+
+    def wrap(self, direction):
+        return _FirstStep(self.controller.wrap(direction), self.first_step)
+
+    def init(self, terms, t0, t1, y0, dt0, args, func, error_order):
+        return self.controller.init(terms, t0, t1, y0, self.first_step, args, func, error_order)
+
+    def adapt_step_size(self, *args, **kwargs):
+        return self.controller.adapt_step_size(*args, **kwargs)
+
+
 class Orbit(eqx.Module):
     """One coordinate's orbit on s ∈ [0, length]: its solver steps in s order (`starts`,
     `ends`, dense `infos` and the `polynomials` of h on each; unused slots at inf), the
@@ -188,11 +219,11 @@ def solve_orbit(
             solver,
             state["s"],
             jnp.where(live, length, state["s"]),
-            jnp.where(live, state["dt"], 0.0),
+            None,  # the first step travels in the controller (_FirstStep)
             state["y"],
             args=(active, direction),
             saveat=saveat,
-            stepsize_controller=controller,
+            stepsize_controller=_FirstStep(controller, jnp.where(live, state["dt"], 0.0)),
             event=event,
             max_steps=chunk,
             throw=False,
