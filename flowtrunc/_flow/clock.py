@@ -33,7 +33,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from .coordinate_end import END
-from .orbit import Orbit
+from .orbit import Orbit, horner
 
 _NEAR = 8.0  # local pole position up to which the closed form is used
 _EXTRA_NODES = 6  # Gauss–Legendre nodes beyond the degree, for poles past _NEAR
@@ -52,13 +52,6 @@ class Clock(eqx.Module):
     step_starts: jax.Array  # (P,) s where that step starts
     step_widths: jax.Array  # (P,) its length in s
     polynomials: jax.Array  # (steps, D+1) h on each step (`Orbit.polynomials`)
-
-
-def _horner(coefficients, x):
-    value = jnp.zeros_like(x)
-    for c in coefficients[::-1]:
-        value = value * x + c
-    return value
 
 
 def _local(clock: Clock, piece, s):
@@ -90,7 +83,7 @@ def integral(p, z, xa, x):
     gauss_x, gauss_w = np.polynomial.legendre.leggauss(len(p) - 1 + _EXTRA_NODES)
     half, middle = 0.5 * (x - xa), 0.5 * (x + xa)
     nodes = middle + half * jnp.asarray(gauss_x, x.dtype)
-    terms = jnp.asarray(gauss_w, x.dtype) * _horner(p, nodes) / (zf - nodes)
+    terms = jnp.asarray(gauss_w, x.dtype) * horner(p, nodes) / (zf - nodes)
     far = half * sum(terms[i] for i in range(terms.shape[0]))  # fixed order: batch-independent bits
     return jnp.where(near, closed, far)
 
@@ -101,7 +94,7 @@ def build_clock(orbit: Orbit, u_sorted, target_sums, theta_star, direction, end_
     dtype = u_sorted.dtype
     length = jnp.abs(end_level - theta_star)
     path = lambda level: jnp.clip(direction * (level - theta_star), 0.0, length)  # noqa: E731
-    step_bounds = jnp.clip(jnp.where(jnp.isfinite(orbit.starts), orbit.starts, length), 0.0, length)
+    step_bounds = jnp.clip(orbit.starts, 0.0, length)
     breaks = jnp.sort(
         jnp.concatenate(
             [jnp.zeros(1, dtype), path(u_sorted), jnp.clip(switches, 0.0, length), step_bounds, length[None]]
@@ -115,17 +108,15 @@ def build_clock(orbit: Orbit, u_sorted, target_sums, theta_star, direction, end_
     moving = b > a
     last = jnp.max(jnp.where(moving, jnp.arange(a.shape[0]), -1))
     asymptote = (jnp.arange(a.shape[0]) == last) & (end_kind == END.asymptote)
-    steps = jnp.clip(jnp.searchsorted(orbit.starts, middle, side="right") - 1, 0, orbit.starts.shape[0] - 1)
+    steps = orbit.step(middle)
     clock = Clock(
         breaks=breaks,
         times=jnp.zeros_like(breaks),
         rates=num / safe_counts.astype(dtype),
         means=means,
         steps=steps,
-        step_starts=jnp.where(jnp.isfinite(orbit.starts[steps]), orbit.starts[steps], 0.0),
-        step_widths=jnp.where(
-            jnp.isfinite(orbit.starts[steps]), orbit.ends[steps] - orbit.starts[steps], 0.0
-        ),
+        step_starts=orbit.starts[steps],
+        step_widths=orbit.ends[steps] - orbit.starts[steps],
         polynomials=orbit.polynomials,
     )
     pieces = jnp.arange(a.shape[0])
@@ -159,11 +150,11 @@ def path_at(clock: Clock, t):
     target = jnp.where(beyond | ~moving, 0.0, (t - clock.times[piece]) / clock.rates[piece])
     limit = jnp.where(jnp.isfinite(clock.times[piece + 1]), jnp.log1p((end - start) / (mean - end)), jnp.inf)
     limit = jnp.where(moving, limit, 0.0)
-    h_start = _horner(p, xa)
+    h_start = horner(p, xa)
 
     def newton(w, _):
         x = xa - (z - xa) * jnp.expm1(-w)
-        w = w - (integral(p, z, xa, jnp.minimum(x, z)) - target) / jnp.maximum(_horner(p, x), 0.5 * h_start)
+        w = w - (integral(p, z, xa, jnp.minimum(x, z)) - target) / jnp.maximum(horner(p, x), 0.5 * h_start)
         return jnp.clip(w, 0.0, limit), None
 
     w, _ = jax.lax.scan(newton, jnp.clip(target / h_start, 0.0, limit), None, length=_NEWTON_STEPS)

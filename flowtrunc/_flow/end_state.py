@@ -96,12 +96,11 @@ def end_state(
 @eqx.filter_jit
 def _end_state(stats, theta, scales, labels, num_classes, motion, solver, rtol, atol, max_steps, with_times):
     tools = orbit_tools(theta.dtype, rtol, atol, solver)
-    ts = jnp.full(1, jnp.inf, theta.dtype)
     flows = flow_coordinates(
         stats,
         theta,
         scales,
-        ts,
+        None,
         motion=motion,
         tools=tools,
         max_steps=max_steps,

@@ -19,7 +19,7 @@ the clock (`clock.py`) integrates those polynomials in closed form and never eva
 the orbit again.
 """
 
-from collections.abc import Callable
+import functools
 
 import diffrax
 import equinox as eqx
@@ -83,25 +83,64 @@ def _monomial_fit(degree: int):
     return 0.5 * (x + 1.0), np.linalg.inv(np.vander(x, degree + 1, increasing=True))
 
 
-def step_polynomials(interpolation_cls, infos, dtype):
-    """h on every solver step as monomial coefficients `(steps, degree + 1)` in the step's
-    local x ∈ [-1, 1]: the dense output of h, exactly (it is a polynomial of that degree).
-    A step's interpolant depends on s only through (s − t0)/(t1 − t0), so it is evaluated
-    on [0, 1]."""
+@functools.cache
+def _coefficient_map(interpolation_cls, treedef, shapes, dtype_name):
+    """`(D + 1, K)`: the monomial coefficients in x ∈ [-1, 1] of one scalar's interpolant on
+    a step, from the K numbers of that scalar's dense output on the step (y0, y1 and the
+    stages, flattened in tree order). A Runge–Kutta dense output is linear in them, so the
+    map is a matrix, found once by evaluating the solver's own interpolant on the unit
+    vectors at the fit's nodes (and checked on a random vector). A step's interpolant
+    depends on s only through (s − t0)/(t1 − t0), so it is evaluated on [0, 1]."""
     nodes, fit = _monomial_fit(interpolant_degree(interpolation_cls))
-    h_infos = {key: value[2] for key, value in infos.items()}
+    sizes = [int(np.prod(shape)) for shape in shapes]
+    size = sum(sizes)
 
-    def on_step(info):
-        local = interpolation_cls(t0=jnp.zeros((), dtype), t1=jnp.ones((), dtype), **info)
-        return jax.vmap(local.evaluate)(jnp.asarray(nodes, dtype))
+    def at_nodes(vector):
+        parts = np.split(vector, np.cumsum(sizes)[:-1])
+        leaves = [jnp.asarray(part.reshape(shape), dtype_name) for part, shape in zip(parts, shapes)]
+        local = interpolation_cls(
+            t0=jnp.zeros((), dtype_name), t1=jnp.ones((), dtype_name), **jax.tree.unflatten(treedef, leaves)
+        )
+        return np.array([float(local.evaluate(jnp.asarray(tau, dtype_name))) for tau in nodes])
 
-    values = jax.vmap(on_step)(h_infos)
+    with jax.ensure_compile_time_eval():
+        values = np.stack([at_nodes(unit) for unit in np.eye(size)], axis=1)  # (nodes, K)
+        probe = np.random.default_rng(0).uniform(-1.0, 1.0, size)
+        linear = np.allclose(at_nodes(probe), values @ probe, rtol=1e-5, atol=1e-5)
+    if not linear:
+        raise ValueError(
+            f"the dense output of {getattr(interpolation_cls, '__name__', interpolation_cls)} is not "
+            "linear in its step data; use an explicit Runge–Kutta solver such as diffrax.Tsit5()."
+        )
+    return fit @ values
+
+
+def step_coefficients(interpolation_cls, infos, component: int, dtype):
+    """Component `component` of the state on every step of `infos` (dense output, leaves
+    `(steps, ...)`) as monomial coefficients `(steps, D + 1, *shape)` in the step's local
+    x ∈ [-1, 1]: the solver's own interpolant, exactly (a polynomial of that degree)."""
+    info = {key: value[component] for key, value in infos.items()}
+    leaves, treedef = jax.tree.flatten(info)
+    shape = info["y0"].shape[1:]
+    # each leaf as (steps, numbers, *shape), then one list of the K numbers per step
+    rows = [r for leaf in leaves for r in jnp.moveaxis(leaf.reshape(leaf.shape[0], -1, *shape), 1, 0)]
+    shapes = tuple(leaf.shape[1 : leaf.ndim - len(shape)] for leaf in leaves)
+    matrix = _coefficient_map(interpolation_cls, treedef, shapes, jnp.dtype(dtype).name)
     # elementwise sums in a fixed order, not a matrix product: the same bits at any batch
     # size (a chunk of seeds must not change a seed's result)
-    return jnp.stack(
-        [sum(float(fit[j, i]) * values[:, i] for i in range(fit.shape[1])) for j in range(fit.shape[0])],
-        axis=-1,
-    )
+    columns = [
+        sum((float(w) * row for w, row in zip(matrix[j], rows) if w != 0.0), jnp.zeros_like(rows[0]))
+        for j in range(matrix.shape[0])
+    ]
+    return jnp.stack(columns, axis=1)
+
+
+def horner(coefficients, x):
+    """The polynomial with monomial `coefficients` (ascending, along the first axis) at x."""
+    value = jnp.zeros_like(coefficients[0] * x)
+    for c in coefficients[::-1]:
+        value = value * x + c
+    return value
 
 
 class _FirstStep(diffrax.AbstractAdaptiveStepSizeController):
@@ -135,33 +174,38 @@ class _FirstStep(diffrax.AbstractAdaptiveStepSizeController):
         return self.controller.adapt_step_size(*args, **kwargs)
 
 
+KEEP = ("end", "clock", "states")  # what an orbit keeps of its steps (`solve_orbit`)
+
+
 class Orbit(eqx.Module):
     """One coordinate's orbit on s ∈ [0, length]: its solver steps in s order (`starts`,
-    `ends`, dense `infos` and the `polynomials` of h on each; unused slots at inf), the
-    segments between layer switches, and the state at `length`. Solved with `dense=False`,
-    only the segments and the end are kept (the step fields are None)."""
+    `ends`, the `polynomials` of h on each and, where kept, `states`, the polynomials of the
+    thresholds and scales; unused slots have zero width), the segments between layer
+    switches, and the state at `length`. Fields of what was not kept are None."""
 
-    starts: jax.Array | None  # (P,) step starts, ascending, inf for unused slots
-    ends: jax.Array | None  # (P,)
-    polynomials: jax.Array | None  # (P, degree + 1) monomials of h in each step's x ∈ [-1, 1]
-    infos: dict | None  # dense output per step, leaves (P, ...)
+    starts: jax.Array | None  # (P,) step starts; unused slots: zero width at the previous end
+    ends: jax.Array | None  # (P,) ascending
+    polynomials: jax.Array | None  # (P, D + 1) monomials of h in each step's x ∈ [-1, 1]
+    states: tuple | None  # (theta, scales), each (P, D + 1, L): monomials of the state
     segment_starts: jax.Array  # (L,) s where each segment begins, inf if unused
     segment_layers: jax.Array  # (L,) active layer of each segment (unused: the last one)
     y0: tuple
     end: tuple  # (theta, scales) (L,) at s = length: the last solver step's state
     num_steps: jax.Array
     ok: jax.Array
-    # a class, or a constructor such as ThirdOrderHermitePolynomialInterpolation.from_k
-    interpolation_cls: Callable = eqx.field(static=True)
+
+    def step(self, s):
+        """The slot of the step holding path length `s` (at a step boundary: the earlier)."""
+        return jnp.clip(jnp.searchsorted(self.ends, s, side="left"), 0, self.ends.shape[0] - 1)
 
     def state(self, s):
-        """`(theta, scales)` `(L,)` at path length `s`."""
-        index = jnp.clip(jnp.searchsorted(self.starts, s, side="right") - 1, 0)
-        infos = jax.tree.map(lambda a: a[index], self.infos)
-        local = self.interpolation_cls(t0=self.starts[index], t1=self.ends[index], **infos)
-        out = local.evaluate(s)[:2]
-        has_steps = jnp.isfinite(self.starts[0])
-        return jax.tree.map(lambda a, b: jnp.where(has_steps, a, b), out, self.y0)
+        """`(theta, scales)` `(L,)` at path length `s` (needs `keep="states"`)."""
+        index = self.step(s)
+        width = self.ends[index] - self.starts[index]
+        x = 2.0 * (s - self.starts[index]) / jnp.where(width > 0, width, 1.0) - 1.0
+        out = tuple(horner(coefficients[index], x) for coefficients in self.states)
+        # no step of positive width holds s only on an orbit of length 0: its start
+        return jax.tree.map(lambda a, b: jnp.where(width > 0, a, b), out, self.y0)
 
     def layer(self, s):
         """Active layer at `s` (at a switch: the new one)."""
@@ -170,18 +214,21 @@ class Orbit(eqx.Module):
 
 
 def solve_orbit(
-    theta, scales, direction, length, *, motion, solver, controller, root_finder, max_steps, dense=True
+    theta, scales, direction, length, *, motion, solver, controller, root_finder, max_steps, keep="states"
 ):
     """Integrates one coordinate's orbit from s = 0 to `length` in at most `max_steps`
-    solver steps (all segments together). `dense=False` keeps no steps (no polynomials of
-    h, no sort): the segments and the end state only, which is all the end without times
-    needs; the solve is the same, so is its end.
+    solver steps (all segments together). `keep`: what is kept of the steps, "end" (none:
+    the segments and the end state, all the end without times needs), "clock" (each step's
+    polynomial of h, all the clock needs) or "states" (also the thresholds' and scales'
+    polynomials, for the state at output times). The solve is the same, so is its end.
 
     One loop of diffrax solves of at most `CHUNK_STEPS` steps each: a solve continues the
     last (state, step size, controller and solver state) or, after a layer switch, starts
     the next segment. Under `vmap` the batch then steps through its segments together (it
-    runs max(total steps), not the sum over segments of the slowest orbit's steps), and the
-    dense output is a pool of chunks, not L buffers of `max_steps` each."""
+    runs max(total steps), not the sum over segments of the slowest orbit's steps). Each
+    chunk's steps become polynomials at once (the dense output's stages are not kept)."""
+    if keep not in KEEP:
+        raise ValueError(f"`keep` must be one of {KEEP}, got {keep!r}.")
     depth = theta.shape[0]
     dtype = theta.dtype
     term = diffrax.ODETerm(lambda s, y, args: orbit_field(s, y, args, motion))
@@ -275,11 +322,19 @@ def solve_orbit(
             steps=state["steps"] + sol.stats["num_steps"],
         )
         record = {}
-        if dense:
-            valid = live & (jnp.arange(chunk) < interp.ts_size - 1)
+        if keep != "end":
+            # slots past the chunk's accepted steps: zero width at the last one's end, so the
+            # ends of all slots ascend and a search over them finds every step in s order
+            valid = live & (jnp.arange(chunk) < accepted)
             record = dict(
-                starts=jnp.where(valid, interp.ts[:-1], jnp.inf), ends=interp.ts[1:], infos=interp.infos
+                starts=jnp.where(valid, interp.ts[:-1], s1),
+                ends=jnp.where(valid, interp.ts[1:], s1),
+                polynomials=step_coefficients(solver.interpolation_cls, interp.infos, 2, dtype),
             )
+            if keep == "states":
+                record["states"] = tuple(
+                    step_coefficients(solver.interpolation_cls, interp.infos, c, dtype) for c in (0, 1)
+                )
         return jax.tree.map(lambda a, b: jnp.where(live, a, b), new, state), record
 
     active0 = start_layer(theta[:, None], direction[None])[0]
@@ -296,18 +351,9 @@ def solve_orbit(
         steps=jnp.zeros((), jnp.int32),
     )
     final, rec = jax.lax.scan(piece, start, None, length=num_chunks)
-    steps = dict(starts=None, ends=None, polynomials=None, infos=None)
-    if dense:
-        # the steps in s order (partial chunks leave unused slots between them)
-        flat = jax.tree.map(lambda a: a.reshape(-1, *a.shape[2:]), rec)
-        order = jnp.argsort(flat["starts"])
-        flat = jax.tree.map(lambda a: a[order], flat)
-        steps = dict(
-            starts=flat["starts"],
-            ends=flat["ends"],
-            polynomials=step_polynomials(solver.interpolation_cls, flat["infos"], dtype),
-            infos=flat["infos"],
-        )
+    steps = dict(starts=None, ends=None, polynomials=None, states=None)
+    if keep != "end":
+        steps.update(jax.tree.map(lambda a: a.reshape(-1, *a.shape[2:]), rec))
     return Orbit(
         **steps,
         segment_starts=final["segment_starts"],
@@ -316,5 +362,4 @@ def solve_orbit(
         end=(final["y"][0], final["y"][1]),
         num_steps=final["steps"],
         ok=final["done"] & ~final["failed"] & (final["steps"] <= max_steps),
-        interpolation_cls=solver.interpolation_cls,
     )

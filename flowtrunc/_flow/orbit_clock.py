@@ -48,14 +48,16 @@ def orbit_tools(dtype, rtol, atol, solver):
 def coordinate_flow(
     u_sorted, target_sums, theta, scales, ts, *, motion, tools, max_steps, with_times=True
 ) -> CoordinateFlow:
-    """One coordinate's flow. `with_times=False`: the end and which points it reaches,
-    from the scan and the orbit alone (no clock; `ts` unused, time fields None)."""
+    """One coordinate's flow. `ts=None`: no outputs (`thresholds`, `scales` None).
+    `with_times=False`: the end and which points it reaches, from the scan and the orbit
+    alone (no clock; `ts` unused, time fields None)."""
     theta_star = jnp.max(theta)
     end = coordinate_end(u_sorted, target_sums, theta_star)
     direction = end.direction.astype(theta.dtype)
     length = jnp.abs(end.level - theta_star)
+    keep = "end" if not with_times else "clock" if ts is None else "states"
     orbit = solve_orbit(
-        theta, scales, end.direction, length, motion=motion, max_steps=max_steps, dense=with_times, **tools
+        theta, scales, end.direction, length, motion=motion, max_steps=max_steps, keep=keep, **tools
     )
     switches = orbit.segment_starts[1:]
 
@@ -74,14 +76,15 @@ def coordinate_flow(
     falling = (end.direction < 0) & (level >= 0) & (level < final)
     # a point exactly on an asymptote is reached only as t → ∞
     crosses = (rising | falling) & ~((end.kind == END.asymptote) & (level >= final))
-    # the end from the last solver step, with or without the dense output (the same bits)
+    # the end from the last solver step, whatever is kept of the steps (the same bits)
     end_thresholds, end_scales = exact_star(length, orbit.end[0]), orbit.end[1]
     theta_ts = scales_ts = crossing = switch_times = end_time = None
     if with_times:
         clock = build_clock(
             orbit, u_sorted, target_sums, theta_star, direction, end.level, end.kind, switches
         )
-        theta_ts, scales_ts = jax.vmap(state)(jax.vmap(lambda t: path_at(clock, t))(ts))
+        if ts is not None:
+            theta_ts, scales_ts = jax.vmap(state)(jax.vmap(lambda t: path_at(clock, t))(ts))
         at_level = jax.vmap(lambda s: time_at(clock, s))(jnp.clip(level, 0.0, length))
         crossing = jnp.where(crosses, at_level, jnp.inf)
         switch_times = jnp.where(
