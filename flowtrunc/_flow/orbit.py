@@ -63,7 +63,7 @@ def _switch_distance(t, y, args, **kwargs):
 _DEGREES = {"_Tsit5Interpolation": 4, "_Dopri5Interpolation": 4, "_Dopri8Interpolation": 7}
 _HERMITE_DEGREE = 3  # ThirdOrderHermitePolynomialInterpolation.from_k (Bosh3, Heun, implicit RK, ...)
 _FALLBACK_DEGREE = 7
-CHUNK_STEPS = 32  # solver steps per diffrax solve of an orbit segment (one dense buffer)
+CHUNK_STEPS = 16  # solver steps per diffrax solve of an orbit segment (one dense buffer)
 
 
 def interpolant_degree(interpolation_cls) -> int:
