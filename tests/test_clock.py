@@ -98,7 +98,8 @@ def test_step_polynomials_are_the_dense_output_of_the_solver(solver):
     widths = np.asarray(orbit.ends - orbit.starts)
     (steps,) = np.nonzero(widths > 0)
     assert steps.size >= 3
-    assert np.all(np.diff(np.asarray(orbit.ends)) >= 0) and np.all(np.diff(np.asarray(orbit.starts)[steps]) > 0)
+    starts = np.asarray(orbit.starts)
+    assert np.all(np.diff(starts[np.isfinite(starts)]) >= 0) and np.all(np.diff(starts[steps]) > 0)
     for index in steps:
         t0, t1 = float(orbit.starts[index]), float(orbit.ends[index])
         s = t0 + (t1 - t0) * rng.uniform(0, 1, 5)

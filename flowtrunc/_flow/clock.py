@@ -94,7 +94,7 @@ def build_clock(orbit: Orbit, u_sorted, target_sums, theta_star, direction, end_
     dtype = u_sorted.dtype
     length = jnp.abs(end_level - theta_star)
     path = lambda level: jnp.clip(direction * (level - theta_star), 0.0, length)  # noqa: E731
-    step_bounds = jnp.clip(orbit.starts, 0.0, length)
+    step_bounds = jnp.clip(jnp.where(jnp.isfinite(orbit.starts), orbit.starts, length), 0.0, length)
     breaks = jnp.sort(
         jnp.concatenate(
             [jnp.zeros(1, dtype), path(u_sorted), jnp.clip(switches, 0.0, length), step_bounds, length[None]]
@@ -115,8 +115,10 @@ def build_clock(orbit: Orbit, u_sorted, target_sums, theta_star, direction, end_
         rates=num / safe_counts.astype(dtype),
         means=means,
         steps=steps,
-        step_starts=orbit.starts[steps],
-        step_widths=orbit.ends[steps] - orbit.starts[steps],
+        step_starts=jnp.where(jnp.isfinite(orbit.starts[steps]), orbit.starts[steps], 0.0),
+        step_widths=jnp.where(
+            jnp.isfinite(orbit.starts[steps]), orbit.ends[steps] - orbit.starts[steps], 0.0
+        ),
         polynomials=orbit.polynomials,
     )
     pieces = jnp.arange(a.shape[0])

@@ -180,11 +180,11 @@ KEEP = ("end", "clock", "states")  # what an orbit keeps of its steps (`solve_or
 class Orbit(eqx.Module):
     """One coordinate's orbit on s ∈ [0, length]: its solver steps in s order (`starts`,
     `ends`, the `polynomials` of h on each and, where kept, `states`, the polynomials of the
-    thresholds and scales; unused slots have zero width), the segments between layer
+    thresholds and scales; unused slots have zero width, or start at inf), the segments between layer
     switches, and the state at `length`. Fields of what was not kept are None."""
 
-    starts: jax.Array | None  # (P,) step starts; unused slots: zero width at the previous end
-    ends: jax.Array | None  # (P,) ascending
+    starts: jax.Array | None  # (P,) step starts, ascending (unused: the previous end, or inf)
+    ends: jax.Array | None  # (P,)
     polynomials: jax.Array | None  # (P, D + 1) monomials of h in each step's x ∈ [-1, 1]
     states: tuple | None  # (theta, scales), each (P, D + 1, L): monomials of the state
     segment_starts: jax.Array  # (L,) s where each segment begins, inf if unused
@@ -195,17 +195,18 @@ class Orbit(eqx.Module):
     ok: jax.Array
 
     def step(self, s):
-        """The slot of the step holding path length `s` (at a step boundary: the earlier)."""
-        return jnp.clip(jnp.searchsorted(self.ends, s, side="left"), 0, self.ends.shape[0] - 1)
+        """The slot of the last step that starts at or before path length `s`."""
+        return jnp.clip(jnp.searchsorted(self.starts, s, side="right") - 1, 0)
 
     def state(self, s):
         """`(theta, scales)` `(L,)` at path length `s` (needs `keep="states"`)."""
         index = self.step(s)
         width = self.ends[index] - self.starts[index]
-        x = 2.0 * (s - self.starts[index]) / jnp.where(width > 0, width, 1.0) - 1.0
+        on_step = width > 0  # False only off every step: an orbit of length 0
+        start = jnp.where(on_step, self.starts[index], s)
+        x = 2.0 * (s - start) / jnp.where(on_step, width, 1.0) - 1.0
         out = tuple(horner(coefficients[index], x) for coefficients in self.states)
-        # no step of positive width holds s only on an orbit of length 0: its start
-        return jax.tree.map(lambda a, b: jnp.where(width > 0, a, b), out, self.y0)
+        return jax.tree.map(lambda a, b: jnp.where(on_step, a, b), out, self.y0)
 
     def layer(self, s):
         """Active layer at `s` (at a switch: the new one)."""
@@ -323,18 +324,25 @@ def solve_orbit(
         )
         record = {}
         if keep != "end":
-            # slots past the chunk's accepted steps: zero width at the last one's end, so the
-            # ends of all slots ascend and a search over them finds every step in s order
+            # slots past the chunk's accepted steps: zero width at the last one's end, or at
+            # inf once the orbit is done, so that starts ascend and the last start at or
+            # before s is always a step's
             valid = live & (jnp.arange(chunk) < accepted)
+            pad = jnp.where(live & ~new["done"], s1, jnp.inf)
             record = dict(
-                starts=jnp.where(valid, interp.ts[:-1], s1),
-                ends=jnp.where(valid, interp.ts[1:], s1),
+                starts=jnp.where(valid, interp.ts[:-1], pad),
+                ends=jnp.where(valid, interp.ts[1:], pad),
                 polynomials=step_coefficients(solver.interpolation_cls, interp.infos, 2, dtype),
             )
             if keep == "states":
                 record["states"] = tuple(
                     step_coefficients(solver.interpolation_cls, interp.infos, c, dtype) for c in (0, 1)
                 )
+            # nothing but zeros off the steps (no NaN to reach a gradient through a `where`)
+            record = jax.tree.map(
+                lambda a: jnp.where(valid.reshape(-1, *[1] * (a.ndim - 1)), a, 0.0) if a.ndim > 1 else a,
+                record,
+            )
         return jax.tree.map(lambda a, b: jnp.where(live, a, b), new, state), record
 
     active0 = start_layer(theta[:, None], direction[None])[0]
