@@ -96,34 +96,35 @@ def start_state(stats: CoordinateStats, theta: Float[Array, "depth width"]) -> S
     )
 
 
+def _layer_sums(theta, scales, active, motion: str):
+    r"""Partial sums over $n \le \min(\ell, \ell^*)$, `(L, M)` each, O(L M): $A_\ell = \sum
+    (D^{(n)})^{-2} + \theta^{(n-1)}(\theta^{(n-1)} - \theta^*) f_n$ and $B_\ell = \sum
+    (\theta^{(n-1)} - \theta^*) f_n$, with $f_n$ the d-term factor (0 when frozen), so
+    that $\Gamma_{\ell\ell^*} = A_\ell - \theta^{(\ell)} B_\ell$ and
+    $\dot D^{(\ell)} = -g D^{(\ell)} B_\ell$."""
+    below = jnp.arange(theta.shape[0])[:, None] <= active[None]
+    inverse_squares = scales**-2
+    if motion == "frozen":
+        return jnp.cumsum(jnp.where(below, inverse_squares, 0.0), axis=0), None
+    prev = _previous(theta)
+    offset = prev - at_active(theta, active)[None]
+    drift = jnp.where(below, offset * d_term_factors(scales, motion), 0.0)
+    a = jnp.cumsum(jnp.where(below, inverse_squares, 0.0) + prev * drift, axis=0)
+    return a, jnp.cumsum(drift, axis=0)
+
+
 def gamma_column(theta, scales, active, motion: str):
-    r"""$\Gamma_{\ell,\ell^*}$ for every layer ℓ, shape `(L, M)`; O(L^2 M)."""
-    depth = theta.shape[0]
-    layers = jnp.arange(depth)
-    # mask[l, n, k] = n <= min(l, active_k)   (0-based layer indices)
-    limit = jnp.minimum(layers[:, None], active[None, :])
-    mask = layers[None, :, None] <= limit[:, None, :]
-    terms = jnp.broadcast_to((scales**-2)[None], mask.shape)
-    if motion != "frozen":
-        prev = _previous(theta)
-        theta_star = at_active(theta, active)
-        cross = (prev[None] - theta[:, None]) * (prev - theta_star[None])[None]
-        terms = terms + cross * d_term_factors(scales, motion)[None]
-    return jnp.sum(jnp.where(mask, terms, 0.0), axis=1)
+    r"""$\Gamma_{\ell,\ell^*}$ for every layer ℓ, shape `(L, M)`; O(L M)."""
+    a, b = _layer_sums(theta, scales, active, motion)
+    return a if b is None else a - theta * b
 
 
 def effective_velocity(theta, scales, g, active, motion: str):
     """`(dθ/dt, dD/dt)` for thresholds and cumulative scales `(L, M)` given `g` `(M,)`."""
-    dtheta = -g[None] * gamma_column(theta, scales, active, motion)
-    if motion == "frozen":
-        return dtheta, jnp.zeros_like(scales)
-    depth = theta.shape[0]
-    theta_star = at_active(theta, active)
-    below = jnp.arange(depth)[:, None] <= active[None]
-    factors = d_term_factors(scales, motion)
-    terms = jnp.where(below, (_previous(theta) - theta_star[None]) * factors, 0.0)
-    dscales = -g[None] * scales * jnp.cumsum(terms, axis=0)
-    return dtheta, dscales
+    a, b = _layer_sums(theta, scales, active, motion)
+    if b is None:
+        return -g[None] * a, jnp.zeros_like(scales)
+    return -g[None] * (a - theta * b), -g[None] * scales * b
 
 
 class EffectiveVelocity(NamedTuple):
