@@ -92,7 +92,9 @@ def test_step_polynomials_are_the_dense_output_of_the_solver(solver):
             for tau in rng.uniform(0, 1, 4):
                 dense = local.evaluate(jnp.asarray(tau))[component]
                 mine = orbit_module.horner(ours[index], 2 * tau - 1)
-                assert np.max(np.abs(np.asarray(mine - dense))) < 1e3 * EPS * (1 + float(np.max(np.abs(dense))))
+                assert np.max(np.abs(np.asarray(mine - dense))) < 1e3 * EPS * (
+                    1 + float(np.max(np.abs(dense)))
+                )
 
     orbit, active = _orbit(solver)
     widths = np.asarray(orbit.ends - orbit.starts)

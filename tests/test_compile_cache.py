@@ -168,8 +168,9 @@ def test_the_orbit_clock_programs_can_be_exported(entry):
     """The flow's programs hold no host callback, so the traced-program cache can keep them
     (a traced first step given to diffrax as `dt0` brought in its run-time check, and with it
     no compare program was saved any more). Tracing only: nothing is compiled."""
-    import flowtrunc as ft
     from helpers import problem
+
+    import flowtrunc as ft
 
     net, data = problem(jax.random.key(0))
     ts = jnp.linspace(0.0, 2.0, 5)

@@ -200,7 +200,9 @@ def output_cost(net: AbstractReLUNet, layer: "OutputLayer | AdaptedOutputLayer",
     return 0.5 * jnp.mean(jnp.sum((outputs - data.point_targets()) ** 2, axis=-1))
 
 
-def pulled_back(net: AbstractReLUNet, layer: OutputLayer, data: Dataset) -> tuple[jax.Array, jax.Array]:
+def pulled_back(
+    net: AbstractReLUNet, layer: "OutputLayer | AdaptedOutputLayer", data: Dataset
+) -> tuple[jax.Array, jax.Array]:
     """`(G, ȳ)`: the metric `(W_o W^(L))ᵀ(W_o W^(L))` `(M, M)` and the class targets
     pulled back to the input layer, `(W_o W^(L))^{-1}(y_q − W_o b^(L) − b_o)` `(Q, M)`."""
     w_cum, b_cum = net.cumulative()
