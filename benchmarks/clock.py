@@ -36,7 +36,8 @@ def main():
     from _common import report, timed
 
     import flowtrunc as ft
-    from flowtrunc._experiment.comparison import CompareConfig, seed_problem
+    from flowtrunc import CompareConfig
+    from flowtrunc.internal import seed_problem
 
     config = CompareConfig(precision=64)
     nets, datas = jax.vmap(lambda s: seed_problem(s, config, None))(np.arange(args.seeds))

@@ -23,7 +23,8 @@ def main():
     from _common import report, timed
 
     import flowtrunc as ft
-    from flowtrunc._experiment.comparison import CompareConfig, compare_seed, seed_problem
+    from flowtrunc import CompareConfig
+    from flowtrunc.internal import compare_seed, seed_problem
 
     config = CompareConfig(precision=64)
     seeds = np.arange(args.chunk)

@@ -20,7 +20,8 @@ def main():
     from _common import report, timed
 
     import flowtrunc as ft
-    from flowtrunc._experiment.comparison import CompareConfig, run_chunk, seed_problem
+    from flowtrunc import CompareConfig
+    from flowtrunc.internal import run_chunk, seed_problem
 
     config = CompareConfig(precision=64)
     net, data = seed_problem(0, config, None)

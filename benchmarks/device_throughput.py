@@ -26,7 +26,8 @@ def main():
     from _common import copy_bandwidth, report, timed
 
     import flowtrunc as ft
-    from flowtrunc._experiment.comparison import CompareConfig, compare_seed, seed_problem
+    from flowtrunc import CompareConfig
+    from flowtrunc.internal import compare_seed, seed_problem
 
     config = CompareConfig(precision=args.precision)
     width, points, params = config.dim, config.points, 2 * config.depth * config.dim

@@ -29,7 +29,8 @@ def main():
     from _common import report, timed
 
     import flowtrunc as ft
-    from flowtrunc._experiment.comparison import CompareConfig, seed_problem
+    from flowtrunc import CompareConfig
+    from flowtrunc.internal import seed_problem
 
     t1 = 5.0
     config = CompareConfig(points=args.points, precision=64)

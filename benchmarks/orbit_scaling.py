@@ -26,7 +26,8 @@ def main():
     from _common import report, timed
 
     import flowtrunc as ft
-    from flowtrunc._experiment.comparison import CompareConfig, seed_problem
+    from flowtrunc import CompareConfig
+    from flowtrunc.internal import seed_problem
 
     ts = jnp.linspace(0.0, 5.0, 11)
     rows = []

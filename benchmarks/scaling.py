@@ -22,7 +22,8 @@ def run_row(row: dict) -> dict:
     import numpy as np
 
     import flowtrunc as ft
-    from flowtrunc._experiment.comparison import CompareConfig, seed_problem
+    from flowtrunc import CompareConfig
+    from flowtrunc.internal import seed_problem
 
     config = CompareConfig(points=row["points"], depth=row["depth"], precision=64)
     seeds = np.arange(row["seeds"])

@@ -60,7 +60,8 @@ def main():
     from _common import copy_bandwidth, report, timed
 
     import flowtrunc as ft
-    from flowtrunc._experiment.comparison import CompareConfig, seed_problem
+    from flowtrunc import CompareConfig
+    from flowtrunc.internal import seed_problem
 
     torch.set_num_threads(1)  # one seed per loop iteration; threads do not help tiny nets
     config = CompareConfig(precision=64)

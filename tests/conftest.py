@@ -6,7 +6,7 @@ import jax
 import pytest
 from helpers import TINY
 
-from flowtrunc._run import compile_cache
+from flowtrunc.internal import compile_cache
 
 jax.config.update("jax_enable_x64", True)
 jax.config.update("jax_numpy_rank_promotion", "raise")
@@ -73,8 +73,8 @@ def _release_compiled_programs():
 def tiny_run(tmp_path_factory):
     """One finished run of the TINY comparison, shared (read-only) by every test that
     needs a reference run, instead of each computing its own."""
-    from flowtrunc._experiment.comparison import CompareConfig
-    from flowtrunc._run.compare_run import run_compare
+    from flowtrunc import CompareConfig
+    from flowtrunc.internal import run_compare
 
     out = str(tmp_path_factory.mktemp("tiny") / "run")
     assert run_compare(CompareConfig(**TINY), out, progress=False)

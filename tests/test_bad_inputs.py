@@ -9,11 +9,8 @@ import numpy as np
 import pytest
 from helpers import TINY
 
-from flowtrunc._cli import main
-from flowtrunc._experiment.config import CompareConfig
-from flowtrunc._model.data import load_npz
-from flowtrunc._run.chunks import load_metrics, run_fingerprint
-from flowtrunc._run.files import OutputError
+from flowtrunc import CompareConfig, load_npz
+from flowtrunc.internal import OutputError, load_metrics, main, run_fingerprint
 
 
 def _data(tmp_path, name="d.npz", x=None, labels=None, **extra):
@@ -151,7 +148,7 @@ def test_chunks_of_another_run_are_named_not_mixed_in(tmp_path, chunks, fingerpr
 
 
 def test_own_chunks_load_and_names_hold_large_seed_counts(tmp_path):
-    from flowtrunc._run.chunks import chunk_name, finished_ranges
+    from flowtrunc.internal import chunk_name, finished_ranges
 
     out = _fake_run(tmp_path, [(0, 4), (4, 8)])
     metrics, _ = load_metrics(out)
@@ -227,7 +224,7 @@ def test_invalid_inputs_under_jit_get_a_failing_result_code_never_success():
 
 
 def test_trajectories_of_other_settings_are_named_not_mixed_in(tmp_path):
-    from flowtrunc._run.chunks import check_chunks
+    from flowtrunc.internal import check_chunks
 
     out = _fake_run(tmp_path, [(0, 4)])
     np.savez(tmp_path / "run" / "trajectories.npz", ts=np.zeros(3), fingerprint=np.asarray("another"))

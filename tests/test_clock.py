@@ -13,10 +13,9 @@ import pytest
 from helpers import problem
 
 import flowtrunc as ft
-import flowtrunc._flow.clock as clock_module
-import flowtrunc._flow.orbit as orbit_module
-from flowtrunc._flow.field import start_layer
-from flowtrunc._flow.orbit_clock import orbit_tools
+from flowtrunc.internal import clock as clock_module
+from flowtrunc.internal import orbit as orbit_module
+from flowtrunc.internal import orbit_tools, start_layer
 
 EPS = float(np.finfo(np.float64).eps)
 
@@ -55,7 +54,7 @@ def test_piece_integral_against_a_150_digit_reference(degree):
 
 def _orbit(solver, key=3, max_steps=256, coordinate=0, direction=1.0):
     """One coordinate's orbit over a path length of 3 (by default the first, rising)."""
-    from flowtrunc._flow.solve import prepare_inputs
+    from flowtrunc.internal import prepare_inputs
 
     net, data = problem(jax.random.key(key))
     _, theta, scales, *_ = prepare_inputs(net, data, jnp.zeros(1), None, None, None, "test")
@@ -137,7 +136,7 @@ def test_the_clock_never_evaluates_the_orbit(monkeypatch):
     solver's own steps, which do not grow with N (`test_sequential_steps_do_not_grow_with_n`)."""
     orbit, _ = _orbit(diffrax.Tsit5())
     net, data = problem(jax.random.key(3), num_points=500)
-    from flowtrunc._flow.solve import prepare_inputs
+    from flowtrunc.internal import prepare_inputs
 
     stats, theta, *_ = prepare_inputs(net, data, jnp.zeros(1), None, None, None, "test")
 
@@ -252,7 +251,7 @@ def test_crossing_times_on_long_and_short_pieces_at_large_n():
     of the crossing times. Error model: the orbit at rtol 1e-10 over ≤ 100 steps (~1e-9),
     the closed form per piece ~1e-14 (summed over 10^4 pieces: ~1e-12), the reference at
     rtol 1e-13; asked: 1e-8 relative, the same as against the event loop at small N."""
-    from flowtrunc._flow.solve import prepare_inputs
+    from flowtrunc.internal import prepare_inputs
 
     net, data = _long_and_short_pieces(10_000)
     ours = np.asarray(ft.end_state(net, data).crossing_times[:, 0])

@@ -10,10 +10,8 @@ import pytest
 from helpers import TINY
 from helpers import cli_process as _cli
 
-from flowtrunc._cli import main
-from flowtrunc._experiment.comparison import CompareConfig, compare
-from flowtrunc._experiment.summary import DESCRIPTIONS
-from flowtrunc._run.compare_run import run_compare
+from flowtrunc import CompareConfig, compare
+from flowtrunc.internal import DESCRIPTIONS, main, run_compare
 
 SUMMARY_KEYS = set(DESCRIPTIONS)
 

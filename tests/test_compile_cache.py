@@ -14,8 +14,7 @@ import numpy as np
 import pytest
 from helpers import TINY
 
-from flowtrunc import _program_cache as program_cache
-from flowtrunc._run import compile_cache
+from flowtrunc.internal import compile_cache, program_cache
 
 
 @pytest.fixture

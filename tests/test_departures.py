@@ -115,8 +115,8 @@ def test_compare_runs_the_log_parameterisation_and_records_it(tmp_path):
 
     from helpers import TINY
 
-    from flowtrunc._experiment.comparison import CompareConfig
-    from flowtrunc._run.compare_run import run_compare
+    from flowtrunc import CompareConfig
+    from flowtrunc.internal import run_compare
 
     out = tmp_path / "log"
     assert run_compare(CompareConfig(**{**TINY, "parameterisation": "log"}), str(out), progress=False)
@@ -161,7 +161,7 @@ OFF = dict(seeds=16, points=12, clusters=2, t1=1.0, lr=0.02, saves=10, chunk_siz
 
 @pytest.mark.slow  # compiles programs of its own: 96 s on 2 cores (tests/README.md)
 def test_off_adapted_zero_reproduces_the_run_exactly():
-    from flowtrunc._experiment.comparison import CompareConfig, compare
+    from flowtrunc import CompareConfig, compare
 
     for mode in ("adapted", "unconstrained"):
         base, _ = compare(CompareConfig(**{**OFF, "mode": mode}))
@@ -178,7 +178,7 @@ def test_prediction_error_grows_with_the_departure():
     medians of the prediction's threshold and cost errors (measured: threshold 0.117,
     0.168, 0.246, 0.409; at ε = 0 the error is that of unconstrained training itself).
     Steps of 0.1 in ε: with 16 seeds or steps of 0.05 the seed-to-seed spread hides them."""
-    from flowtrunc._experiment.comparison import CompareConfig, compare
+    from flowtrunc import CompareConfig, compare
 
     settings = {**OFF, "seeds": 64, "chunk_size": 64, "mode": "unconstrained"}
     medians, costs, distances = [], [], []
@@ -206,7 +206,7 @@ def test_prediction_error_grows_with_the_departure():
     ],
 )
 def test_contradictory_or_bad_departure_settings_are_refused(settings, message):
-    from flowtrunc._experiment.comparison import CompareConfig
+    from flowtrunc import CompareConfig
 
     with pytest.raises(ValueError, match=message):
         CompareConfig(**{**OFF, **settings})

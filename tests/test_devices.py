@@ -8,10 +8,14 @@ import jax.numpy as jnp
 import pytest
 from helpers import TINY, cli_process
 
-from flowtrunc._experiment.comparison import CompareConfig, float_dtype
-from flowtrunc._experiment.config import DEVICE_CHOSEN, DEVICE_DEFAULTS
-from flowtrunc._run.compare_run import settle_device_settings
-from flowtrunc._run.processes import gpu_fallback_notice
+from flowtrunc import CompareConfig
+from flowtrunc.internal import (
+    DEVICE_CHOSEN,
+    DEVICE_DEFAULTS,
+    float_dtype,
+    gpu_fallback_notice,
+    settle_device_settings,
+)
 
 
 @pytest.mark.parametrize("backend, table", [("cpu", "cpu"), ("gpu", "accelerator"), ("tpu", "accelerator")])
@@ -62,7 +66,7 @@ def test_float32_comparison_agrees_with_float64(tmp_path, tiny_run):
     clock sums N pieces). Metrics that are differences of the two stay within the sum."""
     import numpy as np
 
-    from flowtrunc._experiment.comparison import resolve_data, seed_problem
+    from flowtrunc.internal import resolve_data, seed_problem
 
     flags = [f"--{k.replace('_', '-')}={v}" for k, v in TINY.items()]
     child = cli_process(["compare", "--out", str(tmp_path / "f32"), "--precision", "32", *flags])
@@ -100,7 +104,7 @@ def test_every_matrix_product_runs_at_full_precision():
     Every product in one seed's comparison (flow, training, metrics) must ask for HIGHEST."""
     from jax import lax
 
-    from flowtrunc._experiment.comparison import compare_seed
+    from flowtrunc.internal import compare_seed
 
     config = CompareConfig(**{**TINY, "mode": "unconstrained"}).on_device()
     precisions = list(_dot_precisions(jax.make_jaxpr(lambda s: compare_seed(s, config))(0).jaxpr))
@@ -115,7 +119,7 @@ def test_jax_plugin_traceback_is_replaced_by_the_one_line_notice(monkeypatch, ca
     that one record and prints its own line. Other JAX warnings still pass."""
     import logging
 
-    from flowtrunc._run import processes
+    from flowtrunc.internal import processes
 
     logger = logging.getLogger("jax._src.xla_bridge")
     monkeypatch.setattr(logger, "filters", [])

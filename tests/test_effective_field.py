@@ -76,7 +76,7 @@ def test_field_matches_numpy_reimplementation(train_weights, key):
 def test_ties_make_the_lower_layer_field_tangent(key):
     """At a tie θ^(a) = θ^(b), a < b, Γ_ba = Γ_aa: under layer a the tie is invariant,
     the degenerate case of the Filippov sliding combination (docs/theory.md)."""
-    from flowtrunc._flow.field import gamma_column
+    from flowtrunc.internal import gamma_column
 
     net, _ = problem(key, depth=4, width=3, bias_scale=0.8)
     theta, scales = ft.thresholds(net)

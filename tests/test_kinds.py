@@ -7,8 +7,7 @@ import numpy as np
 import pytest
 
 import flowtrunc as ft
-from flowtrunc._experiment.kinds import KIND, SOLUTION_KINDS, solution_kinds
-from flowtrunc._flow.coordinate_end import END
+from flowtrunc.internal import END, KIND, SOLUTION_KINDS, solution_kinds
 
 U = jnp.array([[0.0], [1.0], [2.0]])  # three points in one coordinate
 TOL = 1e-3

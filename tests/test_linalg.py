@@ -16,7 +16,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from flowtrunc._linalg import orthonormal_columns, polar_factor, solve, symmetric_eigen
+from flowtrunc.internal import orthonormal_columns, polar_factor, solve, symmetric_eigen
 
 EPS = np.finfo(np.float64).eps
 SIZES = (1, 2, 7, 64)
@@ -92,13 +92,13 @@ def test_batched_float32_under_jit():
 def test_the_compiled_comparison_calls_no_lapack_kernel(settings):
     """Batched LAPACK kernels deadlock XLA's CPU thread pool in jaxlib 0.10 (the run that
     hung on 64-dimensional data): none may appear in the comparison program."""
-    from flowtrunc._experiment.comparison import _compare_batch, split_values
-    from flowtrunc._experiment.config import CompareConfig
+    from flowtrunc import CompareConfig
+    from flowtrunc.internal import compare_batch, split_values
 
     config = CompareConfig(
         seeds=2, chunk_size=2, dim=8, points=12, clusters=2, depth=2, t1=1.0, saves=5, **settings
     )
-    text = _compare_batch.lower(
+    text = compare_batch.lower(
         jnp.arange(2, dtype=jnp.int32), *split_values(config.on_device()), None
     ).as_text()
     calls = set(re.findall(r"custom_call @(\w+)", text))

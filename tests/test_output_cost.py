@@ -186,9 +186,8 @@ def test_usual_cost_comparison_records_the_metric_and_draws_the_error_against_it
     the figure plots each error against it with labelled axes; the input cost records G = I
     and fixed targets. Error model: λ_min errs by 16 M eps λ_max (Weyl), so cond G by
     16 M eps cond G relative, and NumPy's SVD as much again: 32 M eps cond G."""
-    from flowtrunc._experiment.comparison import CompareConfig, output_layers, seed_problem
-    from flowtrunc._run.compare_run import run_compare
-    from flowtrunc._run.report import figures, load_run
+    from flowtrunc import CompareConfig
+    from flowtrunc.internal import figures, load_run, output_layers, run_compare, seed_problem
 
     out = tmp_path / "usual"
     config = CompareConfig(**OUT, output_condition=4.0)
@@ -206,7 +205,7 @@ def test_usual_cost_comparison_records_the_metric_and_draws_the_error_against_it
     )
     assert metrics["metric_condition"][metrics["seed"] == 0][0] >= trajectories["metric_condition"][0, 0]
     assert (out / "figures" / "output_metric.png").is_file()
-    from flowtrunc._run.console import print_summary
+    from flowtrunc.internal import print_summary
 
     print_summary(str(out))  # the console puts each departure's size under the errors
     printed = capsys.readouterr().out
@@ -247,7 +246,7 @@ def test_usual_cost_comparison_records_the_metric_and_draws_the_error_against_it
     ],
 )
 def test_contradictory_or_bad_output_settings_are_refused(settings, message):
-    from flowtrunc._experiment.comparison import CompareConfig
+    from flowtrunc import CompareConfig
 
     with pytest.raises(ValueError, match=message):
         CompareConfig(**{**OUT, **settings})
@@ -285,7 +284,7 @@ def test_usual_cost_error_does_not_shrink_as_the_metric_becomes_isotropic():
     (`test_the_t0_pull_back_has_the_cost_but_not_the_gradient`). Asserted: the dial works
     (each step at least 4× in cond G; κ² = 16× expected), and at κ = 1 the error is still
     above 0.5 (100 lr; the input cost's is below 2 lr) and above half the error at κ = 16."""
-    from flowtrunc._experiment.comparison import CompareConfig, compare
+    from flowtrunc import CompareConfig, compare
 
     settings = {**OUT, "seeds": 32, "chunk_size": 32, "t1": 1.0, "lr": 0.005, "saves": 10}
     conditions, errors = [], []

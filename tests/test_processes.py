@@ -103,8 +103,8 @@ def test_killing_one_process_then_resuming_gives_the_same_results(tmp_path):
     count (one) completes the run with the results of an uninterrupted run."""
     import signal
 
-    from flowtrunc._experiment.comparison import CompareConfig
-    from flowtrunc._run.compare_run import run_compare
+    from flowtrunc import CompareConfig
+    from flowtrunc.internal import run_compare
 
     settings = {**TINY, "seeds": 24}
     config = tmp_path / "c.json"
@@ -136,8 +136,8 @@ def test_killing_one_process_then_resuming_gives_the_same_results(tmp_path):
 def test_a_sweep_over_two_processes_equals_one(tmp_path):
     """`flowtrunc sweep` joins a multi-process run like `compare`: process 0 writes the
     table, process 1 computes its share of every point."""
-    from flowtrunc._experiment.comparison import CompareConfig
-    from flowtrunc._run.sweep import read_table, run_sweep
+    from flowtrunc import CompareConfig
+    from flowtrunc.internal import read_table, run_sweep
 
     config = tmp_path / "c.json"
     config.write_text(json.dumps({**TINY, "sweep": {"separation": [1.0, 2.5]}}))

@@ -13,16 +13,24 @@ import pytest
 from helpers import TINY
 
 import flowtrunc as ft
-from flowtrunc._cli import build_parser, main
-from flowtrunc._experiment import comparison
-from flowtrunc._experiment.comparison import CompareConfig, compare, seed_problem
-from flowtrunc._experiment.config import DEVICE_CHOSEN, DEVICE_DEFAULTS
-from flowtrunc._experiment.summary import DESCRIPTIONS
-from flowtrunc._run import compare_run, files
-from flowtrunc._run.chunks import pending_chunks
-from flowtrunc._run.compare_run import run_compare
-from flowtrunc._run.console import NO_SEED_OK
-from flowtrunc._run.report import figures, load_run
+from flowtrunc import CompareConfig, compare
+from flowtrunc.internal import (
+    DESCRIPTIONS,
+    DEVICE_CHOSEN,
+    DEVICE_DEFAULTS,
+    NO_SEED_OK,
+    build_parser,
+    compare_run,
+    comparison,
+    figures,
+    files,
+    load_run,
+    main,
+    pending_chunks,
+    resolve_config,
+    run_compare,
+    seed_problem,
+)
 
 
 def _metrics(out_dir):
@@ -302,7 +310,7 @@ def test_relative_paths_in_a_config_file_resolve_from_its_folder(tmp_path, monke
     (folder / "c.json").write_text(json.dumps({**settings, "data": "mine.npz"}))
     monkeypatch.chdir(tmp_path)
     args = build_parser().parse_args(["compare", "--out", "x", "--config", "project/c.json"])
-    config = __import__("flowtrunc._cli", fromlist=["resolve_config"]).resolve_config(args)
+    config = resolve_config(args)
     assert config.data == str(folder / "mine.npz")
 
 
@@ -424,7 +432,7 @@ def test_figures_on_four_dimensional_data_and_failures(tmp_path):
 @pytest.mark.slow  # compiles programs of its own: 59 s on 2 cores (tests/README.md)
 def test_one_compiled_program_serves_every_chunk(tmp_path, monkeypatch):
     """Chunks 3, 3, 1 (a short last chunk) and the trajectories of the first: one trace."""
-    import flowtrunc._experiment.comparison as compare_module
+    from flowtrunc.internal import comparison as compare_module
 
     traces = []
     original = compare_module.compare_seed
@@ -447,9 +455,8 @@ def test_one_compiled_program_serves_every_chunk(tmp_path, monkeypatch):
     ],
 )
 def test_the_learning_rate_advice_follows_from_the_failing_seeds(bounds, expected):
-    from flowtrunc._experiment.config import CompareConfig
-    from flowtrunc._experiment.summary import failure_fix
-    from flowtrunc._results import RESULTS
+    from flowtrunc import RESULTS, CompareConfig
+    from flowtrunc.internal import failure_fix
 
     fix = failure_fix("training", RESULTS.diverged, CompareConfig(lr=0.01), bounds, None)
     assert re.search(expected, fix), fix
@@ -465,7 +472,7 @@ def test_summary_json_states_inf_and_nan(tmp_path):
 def test_a_figure_that_cannot_be_drawn_is_named_and_the_run_kept(tmp_path, reference, monkeypatch, capsys):
     import shutil
 
-    import flowtrunc._run.report as report
+    from flowtrunc.internal import report
 
     out = str(tmp_path / "copy")
     shutil.copytree(reference, out)
@@ -488,7 +495,7 @@ def test_a_full_disk_while_figures_are_written_names_the_file(tmp_path, referenc
 
     import matplotlib.figure
 
-    import flowtrunc._run.report as report
+    from flowtrunc.internal import report
 
     out = str(tmp_path / "copy")
     shutil.copytree(reference, out)
@@ -537,7 +544,7 @@ def test_keep_above_the_chunk_size_is_said(tmp_path, capsys):
 
 
 def test_report_on_an_unfinished_sweep_says_so(tmp_path, capsys):
-    from flowtrunc._run.sweep import SWEEP
+    from flowtrunc.internal import SWEEP
 
     (tmp_path / "points" / "0000").mkdir(parents=True)
     (tmp_path / SWEEP).write_text(json.dumps({"grid": {"lr": [0.01, 0.02, 0.04]}}))

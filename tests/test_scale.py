@@ -9,7 +9,7 @@ import pytest
 # the CLI in a child that reports its own peak resident memory (Linux: KiB) on stdout's last line
 _CHILD = """
 import resource, sys
-from flowtrunc._cli import main
+from flowtrunc.internal import main
 code = main(sys.argv[1:])
 print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
 sys.exit(code)

@@ -223,7 +223,7 @@ def test_gradients_match_finite_differences(batch, method):
 def test_no_recompilation(monkeypatch, batch):
     """A second call with new values (net, data, ts) reuses the compiled solver: each
     traced body runs once per method."""
-    import flowtrunc._flow.solve as flow_module
+    from flowtrunc.internal import flow_solve as flow_module
 
     traces = []
     for name in ("solve_segments", "flow_coordinates"):

@@ -9,10 +9,8 @@ import time
 import pytest
 from helpers import TINY
 
-from flowtrunc._cli import main
-from flowtrunc._experiment import comparison
-from flowtrunc._experiment.config import CompareConfig
-from flowtrunc._run import compare_run, directory, watchdog
+from flowtrunc import CompareConfig
+from flowtrunc.internal import compare_run, comparison, directory, main, watchdog
 
 
 def test_watched_work_that_stalls_is_reported_and_left_behind():

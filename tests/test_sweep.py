@@ -9,10 +9,8 @@ import numpy as np
 import pytest
 from helpers import TINY
 
-from flowtrunc._cli import main
-from flowtrunc._experiment.comparison import CompareConfig, compare
-from flowtrunc._experiment.summary import summarise
-from flowtrunc._run.sweep import parse_grid, read_table, run_sweep
+from flowtrunc import CompareConfig, compare
+from flowtrunc.internal import main, parse_grid, read_table, run_sweep, summarise
 
 GRID = {"lr": [0.02, 0.01], "separation": [1.0, 2.5]}
 
@@ -63,7 +61,7 @@ def test_one_key_figure_has_bands_units_and_log_axes(tmp_path):
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from flowtrunc._run.sweep_figures import one_key
+    from flowtrunc.internal import one_key
 
     rows = []
     for lr in (0.001, 0.01, 0.1):
@@ -119,7 +117,7 @@ def test_grid_values_take_their_settings_types():
 
 
 def test_the_built_in_sweep_is_valid():
-    from flowtrunc._run.sweep import DEFAULT_GRID, SWEEP_DEFAULTS, grid_points
+    from flowtrunc.internal import DEFAULT_GRID, SWEEP_DEFAULTS, grid_points
 
     points = grid_points(CompareConfig(**SWEEP_DEFAULTS), DEFAULT_GRID)
     assert len(points) == 4 and {p.seeds for p in points} == {256}
@@ -131,8 +129,8 @@ def test_points_differing_only_in_values_share_one_compilation(tmp_path, monkeyp
     point equals its single comparison."""
     import jax
 
-    import flowtrunc._experiment.comparison as compare_module
-    from flowtrunc import _program_cache as program_cache
+    from flowtrunc.internal import comparison as compare_module
+    from flowtrunc.internal import program_cache
 
     jax.clear_caches()  # start with nothing compiled or traced in this process
     program_cache._memory.clear()
@@ -156,7 +154,7 @@ def test_points_differing_only_in_values_share_one_compilation(tmp_path, monkeyp
 
 
 def test_a_sweep_failing_at_its_start_leaves_nothing(tmp_path, monkeypatch):
-    import flowtrunc._run.sweep as sweep_module
+    from flowtrunc.internal import sweep as sweep_module
 
     def broken(*args, **kwargs):
         raise ValueError("a failure in the first point")

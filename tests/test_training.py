@@ -122,7 +122,7 @@ def test_adaptive_gradient_flow_reports_sliding_instead_of_hanging():
 @pytest.mark.slow  # compiles programs of its own: 84 s on 2 cores (tests/README.md)
 def test_stability_bound_matches_dense_hessian(default):
     net, data = default
-    from flowtrunc._training.training import rebuild, trainable_params
+    from flowtrunc.internal import rebuild, trainable_params
 
     params = trainable_params(net, "adapted")
     flat, unravel = jax.flatten_util.ravel_pytree(params)
@@ -160,7 +160,7 @@ def test_batch_of_seeds_with_one_diverging(default):
 
 
 def test_no_recompilation_for_new_values(default, monkeypatch):
-    import flowtrunc._training.training as training
+    from flowtrunc.internal import training
 
     traces = []
     original = training.observe

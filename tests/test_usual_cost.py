@@ -146,7 +146,7 @@ def test_batch_float32_and_no_recompilation(monkeypatch):
     """vmap over seeds: a seed with a non-positive output scale is `invalid_input`, the
     others equal their own unbatched solves to the solver's tolerances; float32 agrees with float64 to its tolerances
     (rtol 1e-5: ~1e-4 on O(1) thresholds); a second call with new values traces nothing."""
-    import flowtrunc._flow.usual_cost.solve as solve_module
+    from flowtrunc.internal import usual_cost_solve as solve_module
 
     nets, layers, datas = eqx.filter_vmap(lambda k: usual_problem(k, width=2))(
         jax.random.split(jax.random.key(7), 3)
@@ -295,9 +295,8 @@ def test_compare_predicts_the_usual_cost_after_an_adapted_output_layer(tmp_path)
     hidden layers included, measured: error 0.09 at drift 0.09 and output departure 0.08,
     as large as ε = 0.1 gives; so the dial is read from 0.1 up: 0.09, 0.19, 0.47 at 0.1,
     0.3, 0.6.)"""
-    from flowtrunc._experiment.comparison import CompareConfig, compare
-    from flowtrunc._run.compare_run import run_compare
-    from flowtrunc._run.report import figures, load_run
+    from flowtrunc import CompareConfig, compare
+    from flowtrunc.internal import figures, load_run, run_compare
 
     out = tmp_path / "adapted"
     run_compare(CompareConfig(**ADAPTED), str(out), progress=False)
@@ -333,6 +332,6 @@ def test_compare_predicts_the_usual_cost_after_an_adapted_output_layer(tmp_path)
 
 
 def ft_metric_label(name):
-    from flowtrunc._experiment.metrics import METRICS
+    from flowtrunc.internal import METRICS
 
     return METRICS[name].label
