@@ -6,12 +6,11 @@ from typing import NamedTuple
 import diffrax
 import jax
 import jax.numpy as jnp
-import optimistix as optx
 
 from .._results import RESULTS
 from .clock import build_clock, path_at, time_at
 from .coordinate_end import END, coordinate_end
-from .events import EVENT
+from .events import EVENT, crossing_root_finder
 from .orbit import solve_orbit
 
 
@@ -36,12 +35,10 @@ class CoordinateFlow(NamedTuple):
 
 
 def orbit_tools(dtype, rtol, atol, solver):
-    eps = float(jnp.finfo(dtype).eps)
-    root_tol = max(10 * eps, 1e-3 * min(rtol, atol))
     return dict(
         solver=solver,
         controller=diffrax.PIDController(rtol=rtol, atol=atol),
-        root_finder=optx.Bisection(rtol=root_tol, atol=root_tol, flip=True),
+        root_finder=crossing_root_finder(dtype, rtol, atol),
     )
 
 

@@ -7,7 +7,6 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optimistix as optx
 
 from .._model.cost import check_data
 from .._model.data import Dataset
@@ -16,7 +15,7 @@ from .._model.network import AdaptedReLUNet
 from .._model.parameterisation import weight_motion
 from .._validate import check_positive_int, float_array, is_concrete, traced_inputs_ok, with_input_check
 from .event_loop import EffectiveSolution, solution, solve_segments
-from .events import Discrete, first_event_distance
+from .events import Discrete, crossing_root_finder, first_event_distance
 from .field import at_active, check_adapted, effective_velocity, gamma_column
 from .orbit_clock import event_list, flow_coordinates, orbit_tools, result_code, unsort
 from .solvers import EventLoop, OrbitClock, check_solver, from_old_keywords
@@ -197,12 +196,7 @@ def _solve_diffrax(
     stats, theta, scales, ts, t1, motion, solver, rtol, atol, max_steps, max_segments, max_events
 ):
     controller = diffrax.PIDController(rtol=rtol, atol=atol)
-    eps = float(jnp.finfo(theta.dtype).eps)
-    # Bisection, not Newton: the event function is a minimum over surfaces (piecewise
-    # smooth) and diffrax brackets the crossing, so bisection always converges. The
-    # distances only decrease through zero, hence flip=True (no detection under vmap).
-    root_tol = max(10 * eps, 1e-4 * min(rtol, atol))
-    root_finder = optx.Bisection(rtol=root_tol, atol=root_tol, flip=True)  # f decreases
+    root_finder = crossing_root_finder(theta.dtype, rtol, atol)
 
     def vector_field(t, y, disc: Discrete):
         theta, scales = y

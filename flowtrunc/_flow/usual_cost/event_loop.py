@@ -19,10 +19,10 @@ import equinox as eqx
 import equinox.internal as eqxi
 import jax
 import jax.numpy as jnp
-import optimistix as optx
 
 from ..._codes import Codes
 from ..._results import RESULTS
+from ..events import crossing_root_finder
 from .field import State, gradient, velocity
 from .statistics import Column, coordinate_cost, group_bounds, sums_at
 
@@ -255,11 +255,7 @@ def solve_coordinate(
 ) -> CoordinateRun:
     """The segment loop of one coordinate from `state` at t = 0 to `t1`, sampled at `ts`."""
     dtype = state.thresholds.dtype
-    eps = float(jnp.finfo(dtype).eps)
-    root_tol = max(10 * eps, 1e-4 * min(rtol, atol))
-    # Bisection: the event function is a minimum over surfaces (piecewise smooth), bracketed
-    # by diffrax, and it only decreases through zero (flip=True, no detection under vmap).
-    root_finder = optx.Bisection(rtol=root_tol, atol=root_tol, flip=True)
+    root_finder = crossing_root_finder(dtype, rtol, atol)
     controller = diffrax.PIDController(rtol=rtol, atol=atol)
 
     def vector_field(t, y, disc):
