@@ -109,7 +109,7 @@ class CompareConfig:
     precision: int | None = _setting(None, "floating-point bits", "bits", choices=(32, 64))
     rtol: float = _setting(1e-7, "relative tolerance of the flow's ODE solver")
     atol: float = _setting(1e-9, "absolute tolerance of the flow's ODE solver", "input units")
-    max_steps: int = _setting(256, "ODE solver steps allowed per orbit (all its segments)", "count")
+    max_steps: int = _setting(64, "ODE solver steps allowed per orbit (all its segments)", "count")
     check_stability: bool = _setting(True, "fail seeds whose lr exceeds the stability bound 2/λ_max")
     chunk_size: int | None = _setting(None, "seeds computed (and saved) together", "count")
     keep: int = _setting(4, "seeds whose trajectories are saved for the figures", "count")

@@ -177,13 +177,36 @@ class _FirstStep(diffrax.AbstractAdaptiveStepSizeController):
 KEEP = ("end", "clock", "states")  # what an orbit keeps of its steps (`solve_orbit`)
 
 
-class Orbit(eqx.Module):
-    """One coordinate's orbit on s ∈ [0, length]: its solver steps in s order (`starts`,
-    `ends`, the `polynomials` of h on each and, where kept, `states`, the polynomials of the
-    thresholds and scales; unused slots have zero width, or start at inf), the segments between layer
-    switches, and the state at `length`. Fields of what was not kept are None."""
+def _compact(records, max_steps):
+    """The chunks' accepted steps, in order, in `max_steps` slots (the budget: an orbit
+    that needs more is not ok); the slots after the last step start and end at inf, with
+    zero polynomials. Unused slots of a chunk cost the clock nothing this way."""
+    flat = jax.tree.map(lambda a: a.reshape(-1, *a.shape[2:]), records)
+    valid = flat.pop("valid")
+    slot = jnp.where(valid, jnp.cumsum(valid) - 1, max_steps)  # out of range: dropped
 
-    starts: jax.Array | None  # (P,) step starts, ascending (unused: the previous end, or inf)
+    def place(values, fill):
+        # nothing but zeros off the steps (no NaN to reach a gradient through the scatter)
+        values = jnp.where(valid.reshape(-1, *[1] * (values.ndim - 1)), values, fill)
+        slots = jnp.full((max_steps, *values.shape[1:]), fill, values.dtype)
+        return slots.at[slot].set(values, mode="drop")
+
+    return dict(
+        starts=place(flat["starts"], jnp.inf),
+        ends=place(flat["ends"], jnp.inf),
+        polynomials=place(flat["polynomials"], 0.0),
+        states=None if "states" not in flat else tuple(place(a, 0.0) for a in flat["states"]),
+    )
+
+
+class Orbit(eqx.Module):
+    """One coordinate's orbit on s ∈ [0, length]: its solver steps in s order, one slot each
+    of `max_steps` (`starts`, `ends`, the `polynomials` of h on each and, where kept,
+    `states`, the polynomials of the thresholds and scales; the slots after the last step
+    start at inf), the segments between layer switches, and the state at `length`. Fields
+    of what was not kept are None."""
+
+    starts: jax.Array | None  # (P,) step starts, ascending (unused: inf)
     ends: jax.Array | None  # (P,)
     polynomials: jax.Array | None  # (P, D + 1) monomials of h in each step's x ∈ [-1, 1]
     states: tuple | None  # (theta, scales), each (P, D + 1, L): monomials of the state
@@ -324,25 +347,17 @@ def solve_orbit(
         )
         record = {}
         if keep != "end":
-            # slots past the chunk's accepted steps: zero width at the last one's end, or at
-            # inf once the orbit is done, so that starts ascend and the last start at or
-            # before s is always a step's
             valid = live & (jnp.arange(chunk) < accepted)
-            pad = jnp.where(live & ~new["done"], s1, jnp.inf)
             record = dict(
-                starts=jnp.where(valid, interp.ts[:-1], pad),
-                ends=jnp.where(valid, interp.ts[1:], pad),
+                valid=valid,
+                starts=interp.ts[:-1],
+                ends=interp.ts[1:],
                 polynomials=step_coefficients(solver.interpolation_cls, interp.infos, 2, dtype),
             )
             if keep == "states":
                 record["states"] = tuple(
                     step_coefficients(solver.interpolation_cls, interp.infos, c, dtype) for c in (0, 1)
                 )
-            # nothing but zeros off the steps (no NaN to reach a gradient through a `where`)
-            record = jax.tree.map(
-                lambda a: jnp.where(valid.reshape(-1, *[1] * (a.ndim - 1)), a, 0.0) if a.ndim > 1 else a,
-                record,
-            )
         return jax.tree.map(lambda a, b: jnp.where(live, a, b), new, state), record
 
     active0 = start_layer(theta[:, None], direction[None])[0]
@@ -361,7 +376,7 @@ def solve_orbit(
     final, rec = jax.lax.scan(piece, start, None, length=num_chunks)
     steps = dict(starts=None, ends=None, polynomials=None, states=None)
     if keep != "end":
-        steps.update(jax.tree.map(lambda a: a.reshape(-1, *a.shape[2:]), rec))
+        steps.update(_compact(rec, max_steps))
     return Orbit(
         **steps,
         segment_starts=final["segment_starts"],
