@@ -52,6 +52,7 @@ class Clock(eqx.Module):
     step_starts: jax.Array  # (P,) s where that step starts
     step_widths: jax.Array  # (P,) its length in s
     polynomials: jax.Array  # (steps, D+1) h on each step (`Orbit.polynomials`)
+    data_breaks: jax.Array  # (N,) the break of each data coordinate (in sorted order)
 
 
 def _local(clock: Clock, piece, s):
@@ -88,21 +89,36 @@ def integral(p, z, xa, x):
     return jnp.where(near, closed, far)
 
 
+def _merge(data, others):
+    """`data` (ascending) and `others` (ascending) merged, and where each element of either
+    went: a stable merge by ranks, O(N log K) for K others, instead of a sort of N + K."""
+    data_at = jnp.arange(data.shape[0]) + jnp.searchsorted(others, data, side="left")
+    others_at = jnp.arange(others.shape[0]) + jnp.searchsorted(data, others, side="right")
+    merged = jnp.zeros(data.shape[0] + others.shape[0], data.dtype)
+    merged = merged.at[data_at].set(data, unique_indices=True).at[others_at].set(others, unique_indices=True)
+    return merged, data_at, others_at
+
+
 def build_clock(orbit: Orbit, u_sorted, target_sums, theta_star, direction, end_level, end_kind, switches):
     """The clock of one coordinate. `switches` `(L-1,)`: path lengths of layer switches."""
     num = u_sorted.shape[0]
     dtype = u_sorted.dtype
     length = jnp.abs(end_level - theta_star)
-    path = lambda level: jnp.clip(direction * (level - theta_star), 0.0, length)  # noqa: E731
+    # the data's path lengths ascend along u_sorted when θ* rises, descend when it falls
+    rising = direction > 0
+    levels = jnp.clip(direction * (u_sorted - theta_star), 0.0, length)
+    levels = jnp.where(rising, levels, levels[::-1])
     step_bounds = jnp.clip(jnp.where(jnp.isfinite(orbit.starts), orbit.starts, length), 0.0, length)
-    breaks = jnp.sort(
-        jnp.concatenate(
-            [jnp.zeros(1, dtype), path(u_sorted), jnp.clip(switches, 0.0, length), step_bounds, length[None]]
-        )
+    others = jnp.sort(
+        jnp.concatenate([jnp.zeros(1, dtype), jnp.clip(switches, 0.0, length), step_bounds, length[None]])
     )
+    breaks, at, _ = _merge(levels, others)
     a, b = breaks[:-1], breaks[1:]
     middle = 0.5 * (a + b)
-    counts = jnp.searchsorted(u_sorted, theta_star + direction * middle, side="right")
+    # points at or below each piece's start in path length (all of them inside a moving
+    # piece: no data coordinate lies within one); truncated: those behind θ*
+    behind = jnp.cumsum(jnp.zeros(breaks.shape[0], jnp.int32).at[at].set(1, unique_indices=True))[:-1]
+    counts = jnp.where(rising, behind, num - behind)
     safe_counts = jnp.maximum(counts, 1)
     means = direction * (target_sums[counts] / safe_counts - theta_star)
     moving = b > a
@@ -120,6 +136,7 @@ def build_clock(orbit: Orbit, u_sorted, target_sums, theta_star, direction, end_
             jnp.isfinite(orbit.starts[steps]), orbit.ends[steps] - orbit.starts[steps], 0.0
         ),
         polynomials=orbit.polynomials,
+        data_breaks=jnp.where(rising, at, at[::-1]),
     )
     pieces = jnp.arange(a.shape[0])
     usable = moving & ~asymptote  # the asymptote's piece never ends; zero-width pieces take no time
@@ -135,6 +152,12 @@ def build_clock(orbit: Orbit, u_sorted, target_sums, theta_star, direction, end_
 def time_at(clock: Clock, s):
     """The time at which θ* reaches path length `s`, for `s` on a piece boundary."""
     return clock.times[jnp.searchsorted(clock.breaks, s, side="left")]
+
+
+def data_times(clock: Clock):
+    """`(N,)` the time at which θ* reaches each data coordinate's path length (clipped to
+    the path), in sorted order: `time_at` without a search."""
+    return clock.times[clock.data_breaks]
 
 
 def path_at(clock: Clock, t):

@@ -106,10 +106,10 @@ def _end_state(stats, theta, scales, labels, num_classes, motion, solver, rtol, 
         max_steps=max_steps,
         with_times=with_times,
     )
-    u = jnp.take_along_axis(stats.u_sorted, jnp.argsort(stats.order, axis=0), axis=0)
-    at_start = u <= jnp.max(theta, axis=0)[None]
-    crosses = unsort(stats, flows.crosses)
-    truncated = at_start != crosses
+    # in each coordinate's sorted order, then back to the points' (no second sort)
+    at_start_sorted = stats.u_sorted.T <= jnp.max(theta, axis=0)[:, None]
+    at_start = unsort(stats, at_start_sorted)
+    truncated = unsort(stats, at_start_sorted != flows.crosses)
     stays = jax.ops.segment_min(
         jnp.all(truncated, axis=1).astype(jnp.int32), labels, num_segments=num_classes
     )
@@ -119,8 +119,13 @@ def _end_state(stats, theta, scales, labels, num_classes, motion, solver, rtol, 
     crossing = truncated_from = collapse_time = None
     if with_times:
         crossing = unsort(stats, flows.crossing_times)
-        truncated_from = jnp.where(
-            at_start & ~crosses, 0.0, jnp.where(~at_start & crosses, crossing, jnp.inf)
+        truncated_from = unsort(
+            stats,
+            jnp.where(
+                at_start_sorted & ~flows.crosses,
+                0.0,
+                jnp.where(~at_start_sorted & flows.crosses, flows.crossing_times, jnp.inf),
+            ),
         )
         per_point = jnp.max(truncated_from, axis=1)
         collapse_time = jax.ops.segment_max(per_point, labels, num_segments=num_classes)

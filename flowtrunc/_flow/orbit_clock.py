@@ -8,7 +8,7 @@ import jax
 import jax.numpy as jnp
 
 from .._results import RESULTS
-from .clock import build_clock, path_at, time_at
+from .clock import build_clock, data_times, path_at, time_at
 from .coordinate_end import END, coordinate_end
 from .events import EVENT, crossing_root_finder
 from .orbit import solve_orbit
@@ -82,8 +82,7 @@ def coordinate_flow(
         )
         if ts is not None:
             theta_ts, scales_ts = jax.vmap(state)(jax.vmap(lambda t: path_at(clock, t))(ts))
-        at_level = jax.vmap(lambda s: time_at(clock, s))(jnp.clip(level, 0.0, length))
-        crossing = jnp.where(crosses, at_level, jnp.inf)
+        crossing = jnp.where(crosses, data_times(clock), jnp.inf)
         switch_times = jnp.where(
             jnp.isfinite(switches),
             jax.vmap(lambda s: time_at(clock, s))(jnp.minimum(switches, length)),
