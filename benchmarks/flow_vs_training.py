@@ -37,15 +37,13 @@ def main():
     nets, datas = jax.vmap(lambda s: seed_problem(s, config, None))(np.arange(args.seeds))
     ts = jnp.array([0.0, t1])
 
-    def flow(rtol, atol, solver=None):
+    def flow(rtol, atol, **solver):
         def fn(n, d):
-            return ft.solve_effective(
-                n, d, ts=ts, solver=ft.OrbitClock(ode_solver=solver, rtol=rtol, atol=atol)
-            )
+            return ft.solve_effective(n, d, ts=ts, solver=ft.OrbitClock(rtol=rtol, atol=atol, **solver))
 
         return eqx.filter_jit(eqx.filter_vmap(fn))
 
-    reference = flow(1e-11, 1e-13, diffrax.Dopri8())(nets, datas).thresholds[:, -1]
+    reference = flow(1e-11, 1e-13, ode_solver=diffrax.Dopri8())(nets, datas).thresholds[:, -1]
 
     def error(thresholds):
         return float(jnp.max(jnp.abs(thresholds - reference)))

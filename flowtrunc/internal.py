@@ -32,6 +32,7 @@ from ._flow import clock as clock
 from ._flow import orbit as orbit
 from ._flow import solve as flow_solve
 from ._flow.coordinate_end import END as END
+from ._flow.events import crossing_root_finder as crossing_root_finder
 from ._flow.field import gamma_column as gamma_column
 from ._flow.field import start_layer as start_layer
 from ._flow.orbit_clock import orbit_tools as orbit_tools
@@ -98,6 +99,7 @@ __all__ = [
     "compare_seed",
     "comparison",
     "compile_cache",
+    "crossing_root_finder",
     "directory",
     "failure_fix",
     "figures",

@@ -70,6 +70,22 @@ def _orbit(solver, key=3, max_steps=256, coordinate=0, direction=1.0):
     return orbit, start_layer(theta, direction[None])[0]
 
 
+def test_merge_of_the_breaks_is_the_sort_and_says_where_each_went():
+    """The clock merges the sorted data path lengths with the sorted step bounds by ranks;
+    against NumPy's sort of the two together, ties across and within them included."""
+    rng = np.random.default_rng(5)
+    data = np.sort(np.round(rng.uniform(0, 1, 200), 2))  # many ties within the data
+    others = np.sort(np.concatenate([rng.choice(data, 10), np.round(rng.uniform(0, 1, 20), 2)]))
+    merged, data_at, others_at = clock_module._merge(jnp.asarray(data), jnp.asarray(others))
+    merged, data_at, others_at = (np.asarray(a) for a in (merged, data_at, others_at))
+    assert np.array_equal(merged, np.sort(np.concatenate([data, others])))
+    assert np.array_equal(np.sort(np.concatenate([data_at, others_at])), np.arange(merged.size))
+    assert np.array_equal(merged[data_at], data) and np.array_equal(merged[others_at], others)
+    # a data value tied with a bound comes before it (the merge is stable, data first)
+    ties = data[:, None] == others[None, :]
+    assert ties.sum() >= 10 and np.all((data_at[:, None] < others_at[None, :])[ties])
+
+
 @pytest.mark.slow  # compiles programs of its own: 53 s on 2 cores (tests/README.md)
 @pytest.mark.parametrize("solver", [diffrax.Tsit5(), diffrax.Dopri5(), diffrax.Dopri8(), diffrax.Bosh3()])
 def test_step_polynomials_are_the_dense_output_of_the_solver(solver):
@@ -112,9 +128,11 @@ def test_step_polynomials_are_the_dense_output_of_the_solver(solver):
 
 @pytest.mark.slow  # traces the orbit three times: ~40 s on 2 cores
 def test_max_steps_bounds_the_steps_of_all_segments_together():
-    """The orbit is solved in chunks of 32 steps through all its segments; its step budget
-    is the total. With exactly the steps it takes it succeeds with the same steps and the
-    same end; one fewer fails (a count, not a tolerance: the step sequence is the same)."""
+    """The orbit is solved in chunks of `CHUNK_STEPS` steps through all its segments; its
+    step budget is the total, and its accepted steps are kept in that many slots, in order,
+    with no gap where a chunk ended early. With exactly the steps it takes it succeeds with the
+    same steps and the same end, every slot a step; one fewer fails (a count, not a
+    tolerance: the step sequence is the same)."""
     falling = dict(key=7, coordinate=0, direction=-1.0)  # 89 steps, two layer switches
     orbit, _ = _orbit(diffrax.Tsit5(), **falling)
     steps = int(orbit.num_steps)
@@ -122,9 +140,15 @@ def test_max_steps_bounds_the_steps_of_all_segments_together():
     assert (
         bool(orbit.ok) and segments >= 3 and steps > 2 * orbit_module.CHUNK_STEPS
     )  # restarts inside segments
+    starts, ends = np.asarray(orbit.starts), np.asarray(orbit.ends)
+    kept = int(np.isfinite(starts).sum())  # accepted steps (`num_steps` counts rejected ones too)
+    assert 2 * orbit_module.CHUNK_STEPS < kept <= steps and np.all(np.isinf(starts[kept:]))
+    assert np.all(np.diff(starts[:kept]) > 0) and np.all(ends[:kept] > starts[:kept])
+    assert starts[0] == 0.0 and ends[kept - 1] == 3.0  # the whole path, step by step
     exact, _ = _orbit(diffrax.Tsit5(), max_steps=steps, **falling)
     assert bool(exact.ok) and int(exact.num_steps) == steps
     assert all(np.array_equal(a, b) for a, b in zip(exact.end, orbit.end))
+    assert np.array_equal(np.asarray(exact.starts)[:kept], starts[:kept])
     short, _ = _orbit(diffrax.Tsit5(), max_steps=steps - 1, **falling)
     assert not bool(short.ok)
 

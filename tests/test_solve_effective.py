@@ -219,6 +219,31 @@ def test_gradients_match_finite_differences(batch, method):
         assert bound < 1e-2 * abs(ad)  # tight enough to catch a wrong or missing term
 
 
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.float64])
+def test_event_root_finder_stops_on_its_bracket_whatever_the_event_function_rounds_to(dtype):
+    """An event function evaluated on a dense output never need reach |f| < atol (its
+    rounding can exceed it; here it jumps across the root, the extreme case). optimistix's
+    Bisection then ends at its step cap and fails the solve (a Dopri8 orbit did); the
+    events' root finder stops once the bracket is within its tolerance, which halving
+    reaches in log2(bracket / tol) steps."""
+    import optimistix as optx
+
+    from flowtrunc.internal import crossing_root_finder
+
+    root = 0.3
+    jump = lambda t, _: jnp.where(t < root, 1.0, -1.0).astype(dtype)  # noqa: E731
+    options = dict(lower=jnp.asarray(0.0, dtype), upper=jnp.asarray(1.0, dtype))
+    finder = crossing_root_finder(dtype, 1e-10, 1e-12)
+    tol = finder.atol + finder.rtol * root
+    found = optx.root_find(jump, finder, jnp.asarray(1.0, dtype), options=options, throw=False)
+    assert found.result == optx.RESULTS.successful
+    assert abs(float(found.value) - root) <= tol + float(jnp.finfo(dtype).eps)
+    assert int(found.stats["num_steps"]) <= int(np.ceil(np.log2(1.0 / tol))) + 1
+    plain = optx.Bisection(rtol=finder.rtol, atol=finder.atol, flip=True)
+    failed = optx.root_find(jump, plain, jnp.asarray(1.0, dtype), options=options, throw=False)
+    assert failed.result != optx.RESULTS.successful  # what the events' finder guards against
+
+
 @pytest.mark.slow  # compiles programs of its own: 43 s on 2 cores (tests/README.md)
 def test_no_recompilation(monkeypatch, batch):
     """A second call with new values (net, data, ts) reuses the compiled solver: each
