@@ -38,7 +38,7 @@ from .._model.output_layer import AdaptedOutputLayer, OutputLayer, pulled_back
 from .._model.parameterisation import weight_motion
 from .._results import RESULTS
 from .._training.training import stability_bound_unchecked, train
-from .config import CompareConfig
+from .config import CompareConfig, event_loop_steps
 from .kinds import solution_kinds
 
 
@@ -262,7 +262,7 @@ def compare_seed(seed, config: CompareConfig, user_data: Dataset | None = None, 
             ts=run.ts,
             train_weights=train_weights,
             parameterisation=config.parameterisation,
-            solver=EventLoop(rtol=config.rtol, atol=config.atol, max_steps=config.max_steps),
+            solver=EventLoop(rtol=config.rtol, atol=config.atol, max_steps=event_loop_steps(config)),
         )
         flow, clock = usual, jnp.ones((), data.x.dtype)
     # the stability check `train` makes on concrete inputs, per seed (under vmap)

@@ -9,6 +9,7 @@ import math
 import os
 import typing
 
+from .._flow.solvers import EventLoop
 from .._model.parameterisation import PARAMETERISATIONS
 from .._training.training import COSTS, MODES, check_mode
 
@@ -109,7 +110,12 @@ class CompareConfig:
     precision: int | None = _setting(None, "floating-point bits", "bits", choices=(32, 64))
     rtol: float = _setting(1e-7, "relative tolerance of the flow's ODE solver")
     atol: float = _setting(1e-9, "absolute tolerance of the flow's ODE solver", "input units")
-    max_steps: int = _setting(64, "ODE solver steps allowed per orbit (all its segments)", "count")
+    max_steps: int = _setting(
+        64,
+        "ODE solver steps allowed per orbit (all its segments); per segment of the usual cost's "
+        f"event loop, at least {EventLoop.max_steps}",
+        "count",
+    )
     check_stability: bool = _setting(True, "fail seeds whose lr exceeds the stability bound 2/λ_max")
     chunk_size: int | None = _setting(None, "seeds computed (and saved) together", "count")
     keep: int = _setting(4, "seeds whose trajectories are saved for the figures", "count")
@@ -246,6 +252,13 @@ class CompareConfig:
             table = {**table, "precision": 64} if x64 else table
             chosen = {name: table[name] for name in unset} | chosen
         return dataclasses.replace(self, **chosen)
+
+
+def event_loop_steps(config: CompareConfig) -> int:
+    """Solver steps per segment of the usual cost's event loop: `max_steps`, and at least
+    the event loop's own default (its segments run to the next event or t1; an orbit's
+    steps are a few dozen in all, its budget sized for that)."""
+    return max(config.max_steps, EventLoop.max_steps)
 
 
 def describe_setting(name: str) -> str:
