@@ -331,3 +331,51 @@ def test_float32_agrees_with_float64_at_large_n(large):
     assert int(s32.result) == 0 and s32.thresholds.dtype == jnp.float32
     assert np.max(np.abs(np.asarray(s32.thresholds, np.float64) - np.asarray(s64.thresholds))) < 1e-4
     assert np.mean(np.asarray(s32.n_truncated) == np.asarray(s64.n_truncated)) > 0.99
+
+
+def test_event_list_orders_ties_by_coordinate_then_kind():
+    """The event list is in time order, ties broken by coordinate, then by kind (truncation,
+    release, switch, kink): against NumPy's lexsort on every field, with times drawn from
+    three values (and inf) so that ties fall within and across coordinates and kinds."""
+    from flowtrunc._flow.orbit_clock import CoordinateFlow, event_list
+    from flowtrunc._flow.statistics import CoordinateStats
+
+    rng = np.random.default_rng(0)
+    width, num, depth = 3, 7, 4
+    pick = lambda *shape: rng.choice([0.5, 1.0, 2.0, np.inf], size=shape)  # noqa: E731
+    direction = np.array([1, -1, 1])
+    flows = CoordinateFlow(
+        thresholds=None, scales=None, crosses=None, end_level=None, end_scales=None, num_steps=None, ok=None,
+        crossing_times=jnp.asarray(pick(width, num)),
+        direction=jnp.asarray(direction),
+        end_kind=jnp.asarray([1, 0, 1]),  # END.kink, END.asymptote, END.kink
+        end_time=jnp.asarray([1.0, np.inf, 0.5]),
+        end_thresholds=jnp.asarray(rng.normal(size=(width, depth))),
+        switch_times=jnp.asarray(pick(width, depth - 1)),
+        switch_layers=jnp.asarray(rng.integers(0, depth, (width, depth - 1))),
+        crossing_layers=jnp.asarray(rng.integers(0, depth, (width, num))),
+    )
+    order = np.stack([rng.permutation(num) for _ in range(width)], axis=1)
+    unused = jnp.zeros((num, width))
+    stats = CoordinateStats(unused, unused, jnp.asarray(order), jnp.zeros((num + 1, width)))
+    max_events = width * (num + depth) + 2  # longer than the list: padded
+    times, coordinate, kinds, points, layers, count = (np.asarray(a) for a in event_list(stats, flows, max_events))
+
+    # the reference, one event at a time
+    rows = []
+    for k in range(width):
+        kind = ft.EVENT_KINDS.index("truncation" if direction[k] > 0 else "release")
+        rows += [(flows.crossing_times[k, j], k, kind, order[j, k], flows.crossing_layers[k, j]) for j in range(num)]
+        rows += [(flows.switch_times[k, i], k, 2, -1, flows.switch_layers[k, i]) for i in range(depth - 1)]
+        kink = flows.end_time[k] if int(flows.end_kind[k]) == 1 else np.inf
+        rows += [(kink, k, 3, -1, int(np.argmax(flows.end_thresholds[k])))]
+    rows = np.array([[float(x) for x in row] for row in rows])
+    rows = rows[np.lexsort((rows[:, 2], rows[:, 1], rows[:, 0]))]
+    rows = rows[np.isfinite(rows[:, 0])]
+    assert count == len(rows) and 0 < count < max_events
+    assert len(set(rows[:, 0])) < count - 5  # many ties
+    np.testing.assert_array_equal(times[:count], rows[:, 0])
+    for ours, column in ((coordinate, 1), (kinds, 2), (points, 3), (layers, 4)):
+        np.testing.assert_array_equal(ours[:count], rows[:, column].astype(int))
+        assert np.all(ours[count:] == -1)
+    assert np.all(np.isinf(times[count:]))

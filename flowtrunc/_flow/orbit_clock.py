@@ -168,7 +168,10 @@ def event_list(stats, flows: CoordinateFlow, max_events: int):
     points = jnp.concatenate([p[2] for p in parts], axis=1).reshape(-1).astype(jnp.int32)
     layers = jnp.concatenate([p[3] for p in parts], axis=1).reshape(-1).astype(jnp.int32)
     coordinate = jnp.broadcast_to(coords, (width, times.shape[0] // width)).reshape(-1)
-    order = jnp.lexsort((kinds, coordinate, times))[:max_events]
+    # Time order, ties by (coordinate, kind): the list is built coordinate by coordinate with
+    # its parts in increasing EVENT order, so a stable sort on the times alone gives it (a
+    # lexsort on the three keys costs a third more at N = 10^4).
+    order = jnp.argsort(times, stable=True)[:max_events]
     happened = jnp.isfinite(times[order])
     pad = max_events - order.shape[0]
 
