@@ -33,7 +33,9 @@ STAGES = 13  # Dopri8's field evaluations per step
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--seeds", type=int, default=2048, help="seeds of the default problem (default: 2048)")
+    parser.add_argument(
+        "--seeds", type=int, default=2048, help="seeds of the default problem (default: 2048)"
+    )
     parser.add_argument("--repeats", type=int, default=5, help="warm repeats per part (default: 5)")
     parser.add_argument("--out", default=None, help="JSON file for the results (default: print only)")
     args = parser.parse_args()
@@ -67,15 +69,32 @@ def main():
     def adaptive(t, sc, d, size):
         y0, a = first_segment(t, sc, d)
         sol = diffrax.diffeqsolve(
-            term, diffrax.Dopri8(), 0.0, size, None, y0, args=a, max_steps=64, throw=False,
-            stepsize_controller=tools["controller"], saveat=diffrax.SaveAt(t1=True),
+            term,
+            diffrax.Dopri8(),
+            0.0,
+            size,
+            None,
+            y0,
+            args=a,
+            max_steps=64,
+            throw=False,
+            stepsize_controller=tools["controller"],
+            saveat=diffrax.SaveAt(t1=True),
         )
         return sol.ys, sol.stats["num_steps"]
 
     def constant(t, sc, d, size):
         y0, a = first_segment(t, sc, d)
         sol = diffrax.diffeqsolve(
-            term, diffrax.Dopri8(), 0.0, size, size / STEPS, y0, args=a, max_steps=STEPS + 1, throw=False,
+            term,
+            diffrax.Dopri8(),
+            0.0,
+            size,
+            size / STEPS,
+            y0,
+            args=a,
+            max_steps=STEPS + 1,
+            throw=False,
             saveat=diffrax.SaveAt(t1=True),
         )
         return sol.ys, sol.stats["num_steps"]
@@ -87,7 +106,9 @@ def main():
         def step(_, y):
             k = y
             for _ in range(STAGES):  # each evaluation at the last one's output: none can be skipped
-                k = jax.tree.map(lambda base, slope: base + h / STAGES * slope, y, orbit_field(0.0, k, a, "direct"))
+                k = jax.tree.map(
+                    lambda base, slope: base + h / STAGES * slope, y, orbit_field(0.0, k, a, "direct")
+                )
             return k
 
         return jax.lax.fori_loop(0, STEPS, step, y), jnp.full((), STEPS)
@@ -104,7 +125,9 @@ def main():
         f"orbit field alone, {STEPS} x {STAGES} evaluations in one loop": evaluations,
     }
     for name, fn in parts.items():
-        first, warm, (_, steps) = timed(jax.jit(jax.vmap(fn)), theta, scales, direction, length, repeats=args.repeats)
+        first, warm, (_, steps) = timed(
+            jax.jit(jax.vmap(fn)), theta, scales, direction, length, repeats=args.repeats
+        )
         steps = np.asarray(steps)
         rows.append(
             {
@@ -129,7 +152,10 @@ def main():
     _, xla_sort, _ = timed(jax.jit(lambda c: jnp.sort(c, axis=-1)), coords, repeats=args.repeats)
     host = np.asarray(coords)
     numpy_times = {}
-    for kind, fn in (("argsort", lambda: np.argsort(host, axis=-1, kind="stable")), ("sort", lambda: np.sort(host, axis=-1))):
+    for kind, fn in (
+        ("argsort", lambda: np.argsort(host, axis=-1, kind="stable")),
+        ("sort", lambda: np.sort(host, axis=-1)),
+    ):
         samples = []
         for _ in range(args.repeats):
             start = time.perf_counter()

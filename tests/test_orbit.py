@@ -344,8 +344,7 @@ def test_event_list_orders_ties_by_coordinate_then_kind():
     width, num, depth = 3, 7, 4
     pick = lambda *shape: rng.choice([0.5, 1.0, 2.0, np.inf], size=shape)  # noqa: E731
     direction = np.array([1, -1, 1])
-    flows = CoordinateFlow(
-        thresholds=None, scales=None, crosses=None, end_level=None, end_scales=None, num_steps=None, ok=None,
+    given = dict(
         crossing_times=jnp.asarray(pick(width, num)),
         direction=jnp.asarray(direction),
         end_kind=jnp.asarray([1, 0, 1]),  # END.kink, END.asymptote, END.kink
@@ -355,17 +354,23 @@ def test_event_list_orders_ties_by_coordinate_then_kind():
         switch_layers=jnp.asarray(rng.integers(0, depth, (width, depth - 1))),
         crossing_layers=jnp.asarray(rng.integers(0, depth, (width, num))),
     )
+    flows = CoordinateFlow(**(dict.fromkeys(CoordinateFlow._fields) | given))  # the rest, unread: None
     order = np.stack([rng.permutation(num) for _ in range(width)], axis=1)
     unused = jnp.zeros((num, width))
     stats = CoordinateStats(unused, unused, jnp.asarray(order), jnp.zeros((num + 1, width)))
     max_events = width * (num + depth) + 2  # longer than the list: padded
-    times, coordinate, kinds, points, layers, count = (np.asarray(a) for a in event_list(stats, flows, max_events))
+    times, coordinate, kinds, points, layers, count = (
+        np.asarray(a) for a in event_list(stats, flows, max_events)
+    )
 
     # the reference, one event at a time
     rows = []
     for k in range(width):
         kind = ft.EVENT_KINDS.index("truncation" if direction[k] > 0 else "release")
-        rows += [(flows.crossing_times[k, j], k, kind, order[j, k], flows.crossing_layers[k, j]) for j in range(num)]
+        rows += [
+            (flows.crossing_times[k, j], k, kind, order[j, k], flows.crossing_layers[k, j])
+            for j in range(num)
+        ]
         rows += [(flows.switch_times[k, i], k, 2, -1, flows.switch_layers[k, i]) for i in range(depth - 1)]
         kink = flows.end_time[k] if int(flows.end_kind[k]) == 1 else np.inf
         rows += [(kink, k, 3, -1, int(np.argmax(flows.end_thresholds[k])))]
