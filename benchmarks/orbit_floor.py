@@ -6,9 +6,10 @@ solved from θ*(0) to its end level (what `end_state(with_times=False)` needs):
 
 - `solve_orbit`, as the flow runs it (Dopri8, rtol 1e-10, switch event, continued solves);
 - one `diffeqsolve` of the orbit field over the first segment, adaptive, no event;
-- the same with a constant step: 16 Dopri8 steps, the batch's largest step count;
-- the orbit field evaluated 16 × 13 times in one loop, each evaluation at the last one's
-  output (no solver at all): what any 16-step Dopri8 costs in field evaluations;
+- the same with a constant step: as many Dopri8 steps as the batch's slowest orbit took
+  in `solve_orbit` (16 on this problem);
+- the orbit field evaluated that many × 13 times in one loop, each evaluation at the last
+  one's output (no solver at all): what any Dopri8 of those steps costs in field evaluations;
 
 and, at N = 10^4 (8 seeds, both coordinates), XLA's CPU sort against NumPy's, the floor of
 any clock (every crossing time needs the sorted order).
@@ -27,7 +28,6 @@ import numpy as np
 
 jax.config.update("jax_enable_x64", True)
 
-STEPS = 16  # the batch's largest Dopri8 step count on this problem (benchmarks/README.md)
 STAGES = 13  # Dopri8's field evaluations per step
 
 
@@ -41,6 +41,7 @@ def main():
     args = parser.parse_args()
     from _common import report, timed
 
+    import flowtrunc as ft
     from flowtrunc import CompareConfig
     from flowtrunc._flow.coordinate_end import coordinate_end
     from flowtrunc._flow.field import start_layer
@@ -58,7 +59,7 @@ def main():
     ends = jax.jit(jax.vmap(lambda u, s, t: coordinate_end(u, s, jnp.max(t))))(u, sums, theta)
     length = jnp.abs(ends.level - jnp.max(theta, axis=1))
     direction = ends.direction
-    tools = orbit_tools(jnp.float64, 1e-10, 1e-12, diffrax.Dopri8())
+    tools = orbit_tools(jnp.float64, *ft.OrbitClock().tolerances(jnp.float64), diffrax.Dopri8())
     term = diffrax.ODETerm(lambda s, y, a: orbit_field(s, y, a, "direct"))
 
     def first_segment(t, sc, d):
@@ -66,42 +67,27 @@ def main():
         active = start_layer(t[:, None], d[None])[0]
         return (t, sc, 1.0 / star_rate(t, sc, active, "direct")), (active, d)
 
-    def adaptive(t, sc, d, size):
+    def first_segment_solve(t, sc, d, size, steps):
+        """One diffeqsolve of the first segment: adaptive (`steps` None) or `steps` equal ones."""
         y0, a = first_segment(t, sc, d)
         sol = diffrax.diffeqsolve(
             term,
             diffrax.Dopri8(),
             0.0,
             size,
-            None,
+            None if steps is None else size / steps,
             y0,
             args=a,
-            max_steps=64,
+            max_steps=64 if steps is None else steps + 1,
             throw=False,
-            stepsize_controller=tools["controller"],
+            stepsize_controller=tools["controller"] if steps is None else diffrax.ConstantStepSize(),
             saveat=diffrax.SaveAt(t1=True),
         )
         return sol.ys, sol.stats["num_steps"]
 
-    def constant(t, sc, d, size):
-        y0, a = first_segment(t, sc, d)
-        sol = diffrax.diffeqsolve(
-            term,
-            diffrax.Dopri8(),
-            0.0,
-            size,
-            size / STEPS,
-            y0,
-            args=a,
-            max_steps=STEPS + 1,
-            throw=False,
-            saveat=diffrax.SaveAt(t1=True),
-        )
-        return sol.ys, sol.stats["num_steps"]
-
-    def evaluations(t, sc, d, size):
+    def evaluations(t, sc, d, size, steps):
         y, a = first_segment(t, sc, d)
-        h = size / STEPS
+        h = size / steps
 
         def step(_, y):
             k = y
@@ -111,20 +97,15 @@ def main():
                 )
             return k
 
-        return jax.lax.fori_loop(0, STEPS, step, y), jnp.full((), STEPS)
+        return jax.lax.fori_loop(0, steps, step, y), jnp.full((), steps)
 
     def orbit(t, sc, d, size):
         o = solve_orbit(t, sc, d, size, motion="direct", max_steps=64, keep="end", **tools)
         return o.end, o.num_steps
 
     rows = []
-    parts = {
-        "solve_orbit (keep='end'), as the flow runs it": orbit,
-        "diffeqsolve, first segment, adaptive, no event": adaptive,
-        f"diffeqsolve, first segment, {STEPS} constant steps": constant,
-        f"orbit field alone, {STEPS} x {STAGES} evaluations in one loop": evaluations,
-    }
-    for name, fn in parts.items():
+
+    def measure(name, fn):
         first, warm, (_, steps) = timed(
             jax.jit(jax.vmap(fn)), theta, scales, direction, length, repeats=args.repeats
         )
@@ -141,6 +122,14 @@ def main():
             }
         )
         print(rows[-1], flush=True)
+
+    measure("solve_orbit (keep='end'), as the flow runs it", orbit)
+    steps = rows[-1]["max_steps"]  # the batch runs its slowest orbit
+    measure("diffeqsolve, first segment, adaptive, no event", lambda *a: first_segment_solve(*a, None))
+    measure(f"diffeqsolve, first segment, {steps} constant steps", lambda *a: first_segment_solve(*a, steps))
+    measure(
+        f"orbit field alone, {steps} x {STAGES} evaluations in one loop", lambda *a: evaluations(*a, steps)
+    )
     floor = rows[-1]["warm_s"]
     for row in rows[:-1]:
         row["over_field_evaluations"] = row["warm_s"] / floor
